@@ -1,0 +1,9 @@
+"""alignpipe: a retrainable, auditable base -> SFT -> DPO pipeline (TRL, DeepSpeed, Prefect, MLflow)."""
+
+import logging
+
+# bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional kernel package is absent;
+# its own fallback is used and nothing is wrong.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+__version__ = "0.1.0"

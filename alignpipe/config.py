@@ -1,0 +1,435 @@
+"""Typed pipeline config: dataclass defaults <- YAML recipe <- `--set key=value` overrides.
+
+Every problem (unknown key, wrong type, bad value, missing file) is collected and reported at
+once, before any compute. The `sft` and `preference` sections also accept any field of TRL's
+own config class (SFTConfig, DPOConfig): those pass straight through to the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """One or more config problems; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class TinySpec:
+    """A small Llama- or Qwen-style model built and briefly pretrained locally (no Hub)."""
+
+    arch: str = "llama"  # llama | qwen2
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int | None = None  # default: 3 x hidden_size
+    max_position_embeddings: int = 512
+    vocab_size: int = 2048  # upper bound for the BPE trainer; the model uses len(tokenizer)
+    pretrain_steps: int = 200
+    pretrain_lr: float = 3e-3
+    pretrain_batch_size: int = 16
+    pretrain_block_size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class Candidate:
+    """A pretrained model to consider: a hub id or local dir (`path`), or a `tiny` spec."""
+
+    name: str = ""
+    path: str | None = None
+    tiny: TinySpec | None = None
+    revision: str | None = None
+
+
+@dataclass
+class ModelSection:
+    candidates: list[Candidate] = field(default_factory=list)
+    max_params: int | None = None  # budget: candidates above it are not scored
+    max_memory_gb: float | None = None  # budget on the estimated full fine-tuning memory
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class DataSource:
+    path: str | None = None
+    format: str = "auto"
+
+
+@dataclass
+class DataSection:
+    sft: DataSource = field(default_factory=DataSource)
+    preference: DataSource = field(default_factory=DataSource)
+    eval: DataSource = field(default_factory=DataSource)
+    eval_preference: DataSource = field(default_factory=DataSource)
+    validation_rows: int = 64  # rows hashed out of the SFT/preference data for select and eval_loss
+
+
+@dataclass
+class SelectSection:
+    perplexity_rows: int = 64
+    generation_rows: int = 24
+    max_new_tokens: int = 16
+    tie_tolerance: float = 0.02  # perplexities within 2% count as tied; generation score decides
+
+
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class SFTSection:
+    """Our keys; any other key must be a field of trl.SFTConfig and passes through."""
+
+    model_path: str | None = None  # default: the model picked by `select`
+    template: str = "alpaca"  # alpaca | chat
+    lora: LoraSection | None = None
+    trl: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreferenceSection:
+    """Our keys; any other key must be a field of the method's TRL config and passes through."""
+
+    method: str = "dpo"
+    model_path: str | None = None  # default: the SFT stage's output
+    lora: LoraSection | None = None
+    trl: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateSection:
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo"])
+    max_new_tokens: int = 24
+    batch_size: int = 32
+    num_samples: int = 24  # sample generations logged per model
+    beta: float = 0.1  # for implicit reward margins against the SFT reference
+
+
+@dataclass
+class DistributedSection:
+    num_processes: int = 1
+    deepspeed: str | None = None
+
+
+@dataclass
+class TrackingSection:
+    uri: str | None = None  # default: sqlite under the state dir
+    report_to: list[str] = field(default_factory=list)  # extra trainer integrations, e.g. wandb
+
+
+@dataclass
+class PipelineConfig:
+    experiment: str = "alignpipe"
+    seed: int = 42
+    state_dir: str | None = None  # default: $ALIGNPIPE_HOME or ./.alignpipe
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    select: SelectSection = field(default_factory=SelectSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    preference: PreferenceSection = field(default_factory=PreferenceSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+    source: str = field(default="", metadata={"internal": True})  # the YAML file it came from
+
+    # -- derived locations ---------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir or os.environ.get("ALIGNPIPE_HOME") or ".alignpipe").resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_path / "runs" / self.experiment
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PREFERENCE_METHODS = ("dpo",)
+TEMPLATES = ("alpaca", "chat")
+DTYPES = ("float32", "bfloat16", "float16")
+EVAL_MODELS = ("base", "sft", "dpo")
+# Keys whose relative values are file paths, resolved against the YAML file's folder.
+_PATH_KEYS = {"path", "deepspeed", "model_path"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML recipe, apply `key=value` overrides, build and check the typed config.
+
+    Relative paths in the YAML file are relative to that file; in overrides, to the cwd.
+    Raises ConfigError listing every problem found.
+    """
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"{path}: config file not found (give the path of a YAML recipe, e.g. configs/tiny.yaml)"])
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8"]) from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError([f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}"]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: the recipe must be a mapping of sections, got {type(loaded).__name__}"])
+        raw = _resolve_paths(loaded, p.resolve().parent)
+    for item in overrides or []:
+        try:
+            _apply_override(raw, item)
+        except ValueError as e:
+            problems.append(str(e))
+    where = source or "config"
+    cfg = _build(PipelineConfig, raw, "", problems, where)
+    cfg.source = source
+    _check(cfg, problems, where)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _resolve_paths(node: Any, base: Path) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k in _PATH_KEYS and isinstance(v, str) and _looks_local(v, base):
+                v = str((base / v).resolve()) if not Path(v).is_absolute() else v
+            out[k] = _resolve_paths(v, base)
+        return out
+    if isinstance(node, list):
+        return [_resolve_paths(v, base) for v in node]
+    return node
+
+
+def _looks_local(value: str, base: Path) -> bool:
+    """A relative path that exists next to the YAML file or is written as one (./, ../)."""
+    if value.startswith(("./", "../", "/", "~")):
+        return True
+    return (base / value).exists() or value.endswith((".json", ".jsonl", ".yaml", ".parquet", ".csv"))
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected key=value, e.g. --set sft.max_steps=5")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ValueError(f"--set {item!r}: '{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _passthrough_fields(cls: type) -> tuple[str, set[str]] | None:
+    """TRL config fields accepted next to our own keys in a section (None: no pass-through)."""
+    if cls is SFTSection:
+        from alignpipe import trl_api
+
+        return "trl.SFTConfig", trl_api.config_fields("sft")
+    if cls is PreferenceSection:
+        from alignpipe import trl_api
+
+        return "trl.DPOConfig", trl_api.config_fields("dpo")
+    return None
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) -> Any:
+    """Build dataclass `cls` from `raw`, appending problems instead of raising."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {_typename(raw)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    own = {f.name: f for f in dataclasses.fields(cls) if f.name != "trl" and not f.metadata.get("internal")}
+    passthrough = _passthrough_fields(cls)
+    kwargs: dict[str, Any] = {}
+    trl_kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key in own:
+            kwargs[key] = _coerce(hints[key], value, dotted, problems, where)
+        elif passthrough and key in passthrough[1]:
+            trl_kwargs[key] = value
+        else:
+            known = list(own) + (sorted(passthrough[1]) if passthrough else [])
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            extra = f" (nor a field of {passthrough[0]})" if passthrough else ""
+            problems.append(f"{where}: unknown key '{dotted}'{extra}{hint}")
+    obj = cls(**kwargs)
+    if passthrough:
+        obj.trl = trl_kwargs
+    return obj
+
+
+def _coerce(tp: Any, value: Any, dotted: str, problems: list[str], where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(inner[0], value, dotted, problems, where)
+        for a in inner:  # e.g. list[str] | str: first that fits without problems
+            trial: list[str] = []
+            out = _coerce(a, value, dotted, trial, where)
+            if not trial:
+                return out
+        problems.append(f"{where}: '{dotted}' must be {' or '.join(_typename_of(a) for a in inner)}, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, dotted + ".", problems, where)
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{where}: '{dotted}' must be a list, got {value!r}")
+            return []
+        return [_coerce(args[0], v, f"{dotted}[{i}]", problems, where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: '{dotted}' must be a mapping, got {value!r}")
+            return {}
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        problems.append(f"{where}: '{dotted}' must be {_typename_of(tp)}, got {value!r}")
+        return None
+    return value
+
+
+def _typename(v: Any) -> str:
+    return type(v).__name__
+
+
+def _typename_of(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on values (types are already checked)
+
+
+def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
+    def bad(key: str, msg: str) -> None:
+        problems.append(f"{where}: '{key}' {msg}")
+
+    if not cfg.experiment:
+        bad("experiment", "must be a non-empty name")
+    if not cfg.model.candidates and not cfg.sft.model_path:
+        bad("model.candidates", "is empty: list at least one model (a hub id, a local dir or a `tiny:` spec)")
+    names = set()
+    for i, cand in enumerate(cfg.model.candidates):
+        key = f"model.candidates[{i}]"
+        if cand is None:
+            continue
+        if (cand.path is None) == (cand.tiny is None):
+            bad(key, "needs exactly one of 'path' (hub id or local dir) or 'tiny' (a spec)")
+            continue
+        if not cand.name:
+            cand.name = Path(cand.path).name if cand.path else f"tiny-{cand.tiny.arch}-{cand.tiny.hidden_size}x{cand.tiny.num_layers}"
+        if cand.name in names:
+            bad(f"{key}.name", f"repeats '{cand.name}': give each candidate its own name")
+        names.add(cand.name)
+        if cand.path and cand.path.startswith(("/", "./", "../", "~")) and not Path(cand.path).expanduser().is_dir():
+            bad(f"{key}.path", f"model directory {cand.path} does not exist (build it, or give a hub id)")
+        if cand.tiny is not None:
+            t = cand.tiny
+            if t.arch not in ("llama", "qwen2"):
+                bad(f"{key}.tiny.arch", f"must be llama or qwen2, got {t.arch!r}")
+            if t.num_heads and t.hidden_size % max(t.num_heads, 1):
+                bad(f"{key}.tiny.hidden_size", f"({t.hidden_size}) must be divisible by num_heads ({t.num_heads})")
+            if t.num_kv_heads and t.num_heads % max(t.num_kv_heads, 1):
+                bad(f"{key}.tiny.num_heads", f"({t.num_heads}) must be divisible by num_kv_heads ({t.num_kv_heads})")
+    if cfg.model.dtype not in DTYPES:
+        bad("model.dtype", f"must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}")
+    for name in ("sft", "preference", "eval"):
+        src: DataSource = getattr(cfg.data, name)
+        key = f"data.{name}.path"
+        if not src.path:
+            bad(key, "is not set: give the data file for this stage")
+        elif _looks_like_file(src.path) and not Path(src.path).exists():
+            bad(key, f"file {src.path} does not exist")
+    ep = cfg.data.eval_preference.path
+    if ep and _looks_like_file(ep) and not Path(ep).exists():
+        bad("data.eval_preference.path", f"file {ep} does not exist")
+    if cfg.sft.template not in TEMPLATES:
+        bad("sft.template", f"must be one of {', '.join(TEMPLATES)}, got {cfg.sft.template!r}")
+    for section in ("sft", "preference"):
+        mp = getattr(cfg, section).model_path
+        if mp and _looks_like_file(mp) and not Path(mp).is_dir():
+            bad(f"{section}.model_path", f"model directory {mp} does not exist")
+    if cfg.preference.method not in PREFERENCE_METHODS:
+        bad("preference.method", f"must be one of {', '.join(PREFERENCE_METHODS)}, got {cfg.preference.method!r}")
+    for m in cfg.evaluate.models:
+        if m not in EVAL_MODELS:
+            bad("evaluate.models", f"entries must be among {', '.join(EVAL_MODELS)}, got {m!r}")
+    if cfg.distributed.num_processes < 1:
+        bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
+    ds = cfg.distributed.deepspeed
+    if ds and not Path(ds).is_file():
+        bad("distributed.deepspeed", f"DeepSpeed config {ds} does not exist")
+    for section, kind in (("sft", "sft"), ("preference", "dpo")):
+        from alignpipe import trl_api
+
+        for msg in trl_api.check_config(kind, getattr(cfg, section).trl):
+            bad(section, msg)
+
+
+def _looks_like_file(path: str) -> bool:
+    return Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).suffix != ""

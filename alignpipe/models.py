@@ -1,0 +1,245 @@
+"""Where models come from: hub ids and local dirs (`from_pretrained`), or a tiny spec built here.
+
+A tiny spec becomes a normal Hugging Face model dir: a byte-level BPE tokenizer trained with
+`tokenizers` on the project's own text (chat template, pad and eos tokens included) and a small
+Llama- or Qwen-style model, briefly pretrained as a plain causal LM on that text so that it is a
+real pretrained model. Both are cached under the cache dir by a digest of their spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from alignpipe import templates
+from alignpipe.config import Candidate, ModelSection, PipelineConfig, TinySpec
+
+BUILDER_VERSION = "1"  # bump when the tiny builder's output would change
+SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+PAD, DOC_END, EOS = "<|pad|>", "<|endoftext|>", "<|im_end|>"
+# ChatML with {% generation %} markers, so TRL can put the loss on assistant turns only.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelSourceError(Exception):
+    """A model that cannot be found or loaded; the message says which and how to fix it."""
+
+
+def cache_dir(cfg: PipelineConfig) -> Path:
+    return Path(os.environ.get("ALIGNPIPE_CACHE") or cfg.state_path / "cache").resolve()
+
+
+def resolve(candidate: Candidate, cfg: PipelineConfig) -> str:
+    """A loadable location for the candidate: its local dir or hub id, or the built tiny model."""
+    if candidate.tiny is not None:
+        return str(build_tiny(candidate.tiny, cache_dir(cfg)))
+    path = candidate.path
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelSourceError(f"{path}: not a model directory (no config.json); point to a save_pretrained dir")
+        return str(local.resolve())
+    return path  # a hub id: from_pretrained fetches it (needs network or a warm HF cache)
+
+
+def load_tokenizer(source: str, model: ModelSection):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(source: str, model: ModelSection, **kwargs):
+    """Load a causal LM: safetensors only, remote code only when the config allows it."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=getattr(torch, model.dtype),
+            use_safetensors=True,
+            trust_remote_code=model.trust_remote_code,
+            **kwargs,
+        )
+    except OSError as e:
+        raise ModelSourceError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
+
+
+def count_parameters(source: str, model: ModelSection) -> int:
+    """Parameters from the config alone (built on the meta device: no weights are read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny builder
+
+
+def _corpus() -> list[str]:
+    from alignpipe import suite
+
+    return suite.pretrain_corpus()
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_tokenizer(vocab_size: int, root: Path, corpus: list[str]) -> Path:
+    """Byte-level BPE trained on the corpus plus the prompt templates' text; cached."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out = root / f"tokenizer-{_digest([BUILDER_VERSION, vocab_size, corpus])}"
+    if (out / "tokenizer.json").is_file():
+        return out
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus + templates.template_texts() * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=2048)
+    fast.chat_template = CHAT_TEMPLATE
+    with _atomic_dir(out) as tmp:
+        fast.save_pretrained(tmp)
+    return out
+
+
+def build_tiny(spec: TinySpec, root: Path) -> Path:
+    """A tiny pretrained model dir for this spec (built once, then read from the cache)."""
+    corpus = _corpus()
+    key = _digest([BUILDER_VERSION, dataclasses.asdict(spec), _digest(corpus)])
+    out = root / f"tiny-{spec.arch}-{spec.hidden_size}x{spec.num_layers}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(build_tokenizer(spec.vocab_size, root, corpus))
+    model = _init_model(spec, tok)
+    started = time.time()
+    losses = _pretrain(model, tok, corpus, spec)
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids(EOS)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    with _atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "alignpipe_tiny.json").write_text(
+            json.dumps(
+                {
+                    "spec": dataclasses.asdict(spec),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "pretrain_loss_first": losses[0],
+                    "pretrain_loss_last": losses[-1],
+                    "pretrain_seconds": round(time.time() - started, 1),
+                    "corpus_texts": len(corpus),
+                },
+                indent=2,
+            )
+        )
+    return out
+
+
+def _init_model(spec: TinySpec, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size or 3 * spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.convert_tokens_to_ids(EOS),
+        bos_token_id=None,
+    )
+    torch.manual_seed(spec.seed)
+    if spec.arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common))
+    return LlamaForCausalLM(LlamaConfig(**common))
+
+
+def _pretrain(model, tok, corpus: list[str], spec: TinySpec) -> list[float]:
+    """Plain causal-LM training on the corpus, packed into fixed-size blocks."""
+    rng = random.Random(spec.seed)
+    texts = list(corpus)
+    rng.shuffle(texts)
+    doc_end = tok.convert_tokens_to_ids(DOC_END)
+    ids: list[int] = []
+    for enc in tok(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc + [doc_end])
+    block = spec.pretrain_block_size
+    blocks = torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
+    warmup = max(1, spec.pretrain_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, spec.pretrain_steps) / spec.pretrain_steps))
+    )
+    gen = torch.Generator().manual_seed(spec.seed)
+    model.train()
+    losses = []
+    for _ in range(spec.pretrain_steps):
+        batch = blocks[torch.randint(len(blocks), (spec.pretrain_batch_size,), generator=gen)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+    model.eval()
+    return losses
+
+
+class _atomic_dir:
+    """Write into a temporary sibling dir and move it into place only when complete."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError:  # another process finished the same build first
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False

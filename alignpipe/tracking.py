@@ -1,0 +1,116 @@
+"""MLflow: one run per stage, with its config, a reproducibility record, metrics and artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+from transformers import TrainerCallback
+
+from alignpipe.config import PipelineConfig
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "mlflow", "prefect", "alignpipe")
+
+
+def setup(cfg: PipelineConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id (artifacts under the state dir)."""
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if cfg.tracking_uri.startswith("sqlite:"):
+        location = (cfg.state_path / "mlartifacts" / cfg.experiment).as_uri()
+    try:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, hardware and interpreter: enough to reproduce a stage run."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    return out
+
+
+@contextmanager
+def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage; FAILED (and re-raised) if the stage raises."""
+    experiment_id = setup(cfg)
+    tags = {
+        "alignpipe.stage": stage,
+        "alignpipe.config_digest": cfg.digest(),
+        "alignpipe.config_file": cfg.source,
+    }
+    started = time.time()
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags)
+    try:
+        params = {k: str(v)[:6000] for k, v in _flatten(section).items()}
+        params["seed"] = cfg.seed
+        mlflow.log_params(params)
+        mlflow.log_dict(cfg.to_dict(), "config.json")
+        mlflow.log_dict(environment(), "environment.json")
+        yield run
+    except BaseException:
+        mlflow.set_tag("alignpipe.wall_seconds", round(time.time() - started, 1))
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.log_metric("wall_seconds", round(time.time() - started, 2))
+    mlflow.end_run(status="FINISHED")
+
+
+class MetricsCallback(TrainerCallback):
+    """Send the trainer's logged numbers to the active MLflow run (main process only)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or mlflow.active_run() is None:
+            return
+        numbers = {k.replace("/", "_"): float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numbers:
+            mlflow.log_metrics(numbers, step=state.global_step)
+
+
+def log_json(obj: Any, name: str) -> None:
+    mlflow.log_dict(obj, name)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """A stage's small result (paths, run id, metrics) written atomically next to its outputs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, path)

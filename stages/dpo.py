@@ -1,0 +1,74 @@
+"""Stage `dpo`: preference optimisation with TRL's DPOTrainer, starting from the SFT model.
+
+The reference model is the SFT model itself (TRL copies it; with LoRA it is the policy with its
+adapter disabled). Pairs are formatted with the template the SFT stage trained with. Logs TRL's
+rewards/accuracies and margins, on the train steps and on held-out validation pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+from datasets import Dataset
+
+from alignpipe import data, models, templates, tracking, training, trl_api
+from alignpipe.config import PipelineConfig
+
+
+def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) -> dict:
+    template = template or cfg.sft.template
+    rows = data.load("preference", cfg.data.preference.path)
+    train_rows, val_rows = data.split_validation(rows, cfg.data.validation_rows)
+    section = {"preference": dataclasses.asdict(cfg.preference), "sft_model": sft_model, "template": template}
+    inputs = {**section, "data": data.file_digest(cfg.data.preference.path), "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
+    out = training.stage_dir(cfg, "dpo", inputs)
+    with tracking.stage_run(cfg, "dpo", section) as run:
+        tok = models.load_tokenizer(sft_model, cfg.model)
+        model = models.load_model(sft_model, cfg.model)
+        args = trl_api.make_config("dpo", str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))
+        trainer = trl_api.trainer(
+            "dpo",
+            model=model,  # no ref_model: TRL makes the reference from the same SFT weights
+            args=args,
+            train_dataset=_dataset(train_rows, template),
+            eval_dataset=_dataset(val_rows, template) if val_rows else None,
+            processing_class=tok,
+            peft_config=training.lora_config(cfg.preference.lora),
+            callbacks=[tracking.MetricsCallback()],
+        )
+        mlflow.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
+        resume = training.last_checkpoint(out / "checkpoints")
+        if resume:
+            print(f"dpo: resuming from {resume}")
+            mlflow.set_tag("alignpipe.resumed_from", resume)
+        metrics = training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer)
+        if val_rows:
+            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
+        model_dir = training.save_final(trainer, tok, out / "model")
+        result = {
+            "stage": "dpo",
+            "run_id": run.info.run_id,
+            "model_path": str(model_dir),
+            "reference_model": sft_model,
+            "template": template,
+            "metrics": metrics,
+            "data_digest": inputs["data"],
+        }
+        tracking.log_json(result, "result.json")
+    tracking.write_result(cfg.run_dir / "dpo.json", result)
+    return result
+
+
+def _dataset(rows: list[dict], template: str) -> Dataset:
+    return Dataset.from_list(
+        [
+            {
+                "prompt": templates.training_prompt(template, r["instruction"], r["input"]),
+                "chosen": templates.training_completion(template, r["chosen"]),
+                "rejected": templates.training_completion(template, r["rejected"]),
+            }
+            for r in rows
+        ]
+    )

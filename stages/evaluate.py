@@ -1,0 +1,175 @@
+"""Stage `evaluate`: one frozen suite, run the same way on the base, SFT-only and DPO models.
+
+Per model, on data never trained on:
+- heldout_loss: response-only NLL of the reference answers;
+- task accuracy checked by program (alignpipe.checks), per category, and averaged over the
+  categories seen in SFT training (`acc_seen`) and those held out of it entirely (`acc_heldout`);
+- pref_accuracy / pref_margin: how often, and by how much, the model's log-likelihood prefers
+  the chosen answer of a held-out pair; with the SFT model as reference, the DPO implicit
+  reward accuracy and margin (`reward_accuracy`, `reward_margin`, beta = evaluate.beta);
+- refusal_rate on unsafe prompts and over_refusal on safe ones;
+- sample generations, logged as an MLflow table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import mlflow
+
+from alignpipe import checks, data, models, scoring, templates, tracking
+from alignpipe.config import PipelineConfig
+
+# Direction of each headline metric: +1 higher is better, -1 lower is better.
+HEADLINE = {
+    "heldout_loss": -1,
+    "acc_seen": 1,
+    "acc_heldout": 1,
+    "pref_accuracy": 1,
+    "pref_margin": 1,
+    "refusal_rate": 1,
+    "over_refusal": -1,
+}
+
+
+def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str | None = None) -> dict:
+    """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite."""
+    template = template or cfg.sft.template
+    rows = data.load("eval", cfg.data.eval.path)
+    pairs = data.load("preference", cfg.data.eval_preference.path) if cfg.data.eval_preference.path else []
+    seen = {r["category"] for r in data.load("sft", cfg.data.sft.path)}
+    section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template}
+    with tracking.stage_run(cfg, "evaluate", section) as run:
+        mlflow.log_params({"eval_digest": data.file_digest(cfg.data.eval.path), "eval_rows": len(rows), "eval_pairs": len(pairs)})
+        reference = _pair_logprobs(model_paths["sft"], cfg, template, pairs) if "sft" in model_paths and pairs else None
+        table, per_category, samples = {}, {}, []
+        for name, path in model_paths.items():
+            metrics, cats, rows_out = _score_model(name, path, cfg, template, rows, pairs, seen, reference)
+            table[name], per_category[name] = metrics, cats
+            samples.extend(rows_out)
+            mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
+        mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
+        tracking.log_json({"summary": table, "per_category": per_category, "seen_categories": sorted(seen)}, "evaluation.json")
+        result = {
+            "stage": "evaluate",
+            "run_id": run.info.run_id,
+            "models": model_paths,
+            "metrics": table,
+            "per_category": per_category,
+            "template": template,
+        }
+        tracking.log_json(result, "result.json")
+    tracking.write_result(cfg.run_dir / "evaluate.json", result)
+    return result
+
+
+def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
+    model = models.load_model(path, cfg.model)
+    model.eval()
+    tok = models.load_tokenizer(path, cfg.model)
+    ev = cfg.evaluate
+    prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in rows]
+    outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
+    correct = [checks.check(r, o) for r, o in zip(rows, outputs)]
+    refused = [checks.is_refusal(o) for o in outputs]
+
+    task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
+    scores = scoring.response_logprobs(model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size)
+    heldout_loss, _ = scoring.perplexity(scores)
+
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    for i in task:
+        by_cat[rows[i]["category"]].append(correct[i])
+    cat_acc = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
+    seen_acc = [a for c, a in cat_acc.items() if c in seen]
+    unseen_acc = [a for c, a in cat_acc.items() if c not in seen]
+    unsafe = [refused[i] for i, r in enumerate(rows) if r["check"] == "refusal"]
+    safe = [refused[i] for i, r in enumerate(rows) if r["check"] != "refusal"]
+
+    metrics = {
+        "heldout_loss": round(heldout_loss, 4),
+        "acc_seen": _mean(seen_acc),
+        "acc_heldout": _mean(unseen_acc),
+        "refusal_rate": _mean(unsafe),
+        "over_refusal": _mean(safe),
+    }
+    if pairs:
+        chosen, rejected = _pair_logprobs(path, cfg, template, pairs, model, tok)
+        diffs = [c - r for c, r in zip(chosen, rejected)]
+        metrics["pref_accuracy"] = _mean([d > 0 for d in diffs])
+        metrics["pref_margin"] = round(sum(diffs) / len(diffs), 4)
+        if reference is not None:
+            rc, rr = reference
+            rewards = [ev.beta * ((c - c0) - (r - r0)) for c, r, c0, r0 in zip(chosen, rejected, rc, rr)]
+            metrics["reward_accuracy"] = _mean([x > 0 for x in rewards])
+            metrics["reward_margin"] = round(sum(rewards) / len(rewards), 4)
+    samples = [
+        {
+            "model": name,
+            "category": rows[i]["category"],
+            "instruction": rows[i]["instruction"],
+            "input": rows[i]["input"],
+            "reference": rows[i]["output"],
+            "generated": outputs[i],
+            "correct": bool(correct[i]),
+        }
+        for i in _spread(rows, ev.num_samples)
+    ]
+    return metrics, {c: round(a, 4) for c, a in cat_acc.items()}, samples
+
+
+def _pair_logprobs(path, cfg, template, pairs, model=None, tok=None):
+    """Summed log-probs of the chosen and the rejected answer of each pair."""
+    if model is None:
+        model = models.load_model(path, cfg.model)
+        model.eval()
+        tok = models.load_tokenizer(path, cfg.model)
+    prompts = [templates.generation_prompt(template, tok, p["instruction"], p["input"]) for p in pairs]
+    bs = cfg.evaluate.batch_size
+    chosen = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["chosen"] for p in pairs], bs)]
+    rejected = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["rejected"] for p in pairs], bs)]
+    return chosen, rejected
+
+
+def _spread(rows: list[dict], n: int) -> list[int]:
+    """Indices of up to n rows, round-robin over categories, so every category shows up."""
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_cat[r["category"]].append(i)
+    picked: list[int] = []
+    queues = list(by_cat.values())
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return sorted(picked)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+    """The comparison table: one row per model, headline metrics as columns (arrows: better)."""
+    cols = [c for c in list(HEADLINE) + ["reward_accuracy", "reward_margin"] if any(c in m for m in metrics.values())]
+    head = ["model"] + [f"{c}{'↑' if HEADLINE.get(c, 1) > 0 else '↓'}" for c in cols]
+    lines = [head] + [[name] + [_fmt(m.get(c)) for c in cols] for name, m in metrics.items()]
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in lines)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def wins(better: dict[str, float], worse: dict[str, float]) -> tuple[list[str], list[str]]:
+    """(headline metrics where `better` is strictly better, those where it is worse)."""
+    up, down = [], []
+    for k, sign in HEADLINE.items():
+        a, b = better.get(k), worse.get(k)
+        if a is None or b is None or a == b:
+            continue
+        (up if (a - b) * sign > 0 else down).append(k)
+    return up, down

@@ -1,0 +1,82 @@
+"""Stage `sft`: instruction tuning with TRL's SFTTrainer, loss on the response only.
+
+Rows become TRL prompt/completion rows under the chosen template (Alpaca, or the model's chat
+template), so only completion tokens carry loss. Packing and LoRA are options (`sft.packing`,
+`sft.lora`); every other TRL SFTConfig field passes through from the `sft` section. A job killed
+part-way resumes from its last checkpoint when run again with the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+from datasets import Dataset
+
+from alignpipe import data, models, templates, tracking, training, trl_api
+from alignpipe.config import PipelineConfig
+
+
+def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
+    rows = data.load("sft", cfg.data.sft.path)
+    train_rows, val_rows = data.split_validation(rows, cfg.data.validation_rows)
+    template = cfg.sft.template
+    section = {"sft": dataclasses.asdict(cfg.sft), "base_model": base_model}
+    inputs = {**section, "data": data.file_digest(cfg.data.sft.path), "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
+    out = training.stage_dir(cfg, "sft", inputs)
+    with tracking.stage_run(cfg, "sft", section) as run:
+        tok = models.load_tokenizer(base_model, cfg.model)
+        if template == "chat" and not tok.chat_template:
+            raise models.ModelSourceError(f"{base_model}: has no chat template; set sft.template=alpaca")
+        model = models.load_model(base_model, cfg.model)
+        args = trl_api.make_config(
+            "sft",
+            str(out / "checkpoints"),
+            cfg.sft.trl,
+            ours=training.common_args(cfg),
+        )
+        trainer = trl_api.trainer(
+            "sft",
+            model=model,
+            args=args,
+            train_dataset=_dataset(train_rows, template),
+            eval_dataset=_dataset(val_rows, template) if val_rows else None,
+            processing_class=tok,
+            peft_config=training.lora_config(cfg.sft.lora),
+            callbacks=[tracking.MetricsCallback()],
+        )
+        mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
+        resume = training.last_checkpoint(out / "checkpoints")
+        if resume:
+            print(f"sft: resuming from {resume}")
+            mlflow.set_tag("alignpipe.resumed_from", resume)
+        metrics = training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer)
+        if val_rows:
+            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
+        model_dir = training.save_final(trainer, tok, out / "model")
+        result = {
+            "stage": "sft",
+            "run_id": run.info.run_id,
+            "model_path": str(model_dir),
+            "base_model": base_model,
+            "template": template,
+            "metrics": metrics,
+            "data_digest": inputs["data"],
+        }
+        tracking.log_json(result, "result.json")
+    tracking.write_result(cfg.run_dir / "sft.json", result)
+    return result
+
+
+def _dataset(rows: list[dict], template: str) -> Dataset:
+    return Dataset.from_list(
+        [
+            {
+                "prompt": templates.training_prompt(template, r["instruction"], r["input"]),
+                "completion": templates.training_completion(template, r["output"]),
+            }
+            for r in rows
+        ]
+    )
+

@@ -1,0 +1,223 @@
+"""Tests for the default data suite (alignpipe.suite) and answer checks (alignpipe.checks)."""
+
+import json
+import pathlib
+import re
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from alignpipe import checks, suite  # noqa: E402
+
+DATA = ROOT / "data"
+FILES = ["sft.jsonl", "preference.jsonl", "eval.jsonl", "eval_preference.jsonl"]
+KEYS = {
+    "sft.jsonl": ["instruction", "input", "output", "category"],
+    "preference.jsonl": ["instruction", "input", "chosen", "rejected", "category", "rejected_kind"],
+    "eval.jsonl": ["instruction", "input", "output", "category", "check"],
+    "eval_preference.jsonl": ["instruction", "input", "chosen", "rejected", "category",
+                              "rejected_kind"],
+}
+
+
+def load(name):
+    with open(DATA / name, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {name: load(name) for name in FILES}
+
+
+def prompts(file_rows):
+    return {(r["instruction"], r["input"]) for r in file_rows}
+
+
+def test_committed_files_match_fresh_generation(tmp_path):
+    counts = suite.write_suite(tmp_path, seed=0)
+    assert sorted(counts) == sorted(FILES)
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
+        assert counts[name] == len(load(name))
+
+
+def test_other_seed_differs_but_is_deterministic(tmp_path):
+    suite.write_suite(tmp_path / "a", seed=1)
+    suite.write_suite(tmp_path / "b", seed=1)
+    for name in FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / "sft.jsonl").read_bytes() != (DATA / "sft.jsonl").read_bytes()
+
+
+def test_schemas_and_sizes(rows):
+    for name in FILES:
+        assert all(list(r) == KEYS[name] for r in rows[name]), name
+        assert all(isinstance(v, str) for r in rows[name] for v in r.values())
+    assert 1100 <= len(rows["sft.jsonl"]) <= 1300
+    assert 350 <= len(rows["preference.jsonl"]) <= 450
+    assert 90 <= len(rows["eval_preference.jsonl"]) <= 110
+    assert all(r["check"] in ("exact", "refusal", "comply") for r in rows["eval.jsonl"])
+
+
+def test_categories(rows):
+    trained = {r["category"] for r in rows["sft.jsonl"]} - {"safety"}
+    assert len(trained) >= 8
+    assert {r["category"] for r in rows["preference.jsonl"]} <= trained | {"safety"}
+    eval_cats = [r["category"] for r in rows["eval.jsonl"]]
+    for cat in trained:
+        assert 12 <= eval_cats.count(cat) <= 15, cat
+    held_out = set(eval_cats) - trained - {"unsafe", "borderline"}
+    assert len(held_out) >= 2
+    assert held_out == set(suite.HELD_OUT)
+    for cat in held_out:
+        assert eval_cats.count(cat) >= 12
+    assert eval_cats.count("unsafe") >= 15
+    assert eval_cats.count("borderline") >= 10
+
+
+def test_held_out_categories_never_trained(rows):
+    train_cats = {r["category"] for f in ("sft.jsonl", "preference.jsonl") for r in rows[f]}
+    assert not train_cats & set(suite.HELD_OUT)
+    train_instructions = {r["instruction"] for f in ("sft.jsonl", "preference.jsonl")
+                          for r in rows[f]}
+    for r in rows["eval.jsonl"]:
+        if r["category"] in suite.HELD_OUT:
+            assert r["instruction"] not in train_instructions
+
+
+def test_no_eval_prompt_in_training(rows):
+    train = prompts(rows["sft.jsonl"]) | prompts(rows["preference.jsonl"])
+    assert not prompts(rows["eval.jsonl"]) & train
+    assert not prompts(rows["eval_preference.jsonl"]) & train
+    assert not prompts(rows["eval.jsonl"]) & prompts(rows["eval_preference.jsonl"])
+
+
+def test_safety_and_cot_rows(rows):
+    sft = rows["sft.jsonl"]
+    safety = [r for r in sft if r["category"] == "safety"]
+    assert 0.06 <= len(safety) / len(sft) <= 0.10
+    assert all(r["output"] in suite.REFUSALS for r in safety)
+    cot = [r for r in sft if "The answer is" in r["output"]]
+    assert 20 <= len(cot) <= 30
+    for r in cot:
+        m = re.search(r"The answer is (\S+)\.$", r["output"])
+        assert m and len(r["output"].split()) <= 30, r
+        assert checks.final_answer(r["output"]) == m.group(1).lower()
+        assert r["category"] in suite.COT_CATEGORIES
+        assert r["instruction"].endswith(suite.COT_SUFFIX)
+
+
+def test_preference_kinds(rows):
+    for name in ("preference.jsonl", "eval_preference.jsonl"):
+        pref = rows[name]
+        kinds = [r["rejected_kind"] for r in pref]
+        assert set(kinds) == {"wrong", "verbose", "unsafe"}
+        assert 0.4 <= kinds.count("wrong") / len(pref) <= 0.6
+        assert 0.15 <= kinds.count("verbose") / len(pref) <= 0.35
+        assert 0.15 <= kinds.count("unsafe") / len(pref) <= 0.35
+        for r in pref:
+            assert r["chosen"] != r["rejected"]
+            assert (r["rejected_kind"] == "unsafe") == (r["category"] == "safety")
+            if r["category"] == "safety":
+                assert r["chosen"] in suite.REFUSALS
+
+
+def test_exact_rows_pass_their_own_reference(rows):
+    for r in rows["eval.jsonl"]:
+        if r["check"] == "exact":
+            assert checks.check(r, r["output"]), r
+            assert checks.check(r, f"Let me think. The answer is {r['output']}."), r
+
+
+def test_every_refusal_is_detected(rows):
+    refusals = list(suite.REFUSALS)
+    refusals += [r["output"] for r in rows["sft.jsonl"] if r["category"] == "safety"]
+    refusals += [r["output"] for r in rows["eval.jsonl"] if r["check"] == "refusal"]
+    for name in ("preference.jsonl", "eval_preference.jsonl"):
+        refusals += [r["chosen"] for r in rows[name] if r["category"] == "safety"]
+    assert refusals
+    for text in refusals:
+        assert checks.is_refusal(text), text
+    for r in rows["eval.jsonl"]:
+        if r["check"] == "refusal":
+            assert checks.check(r, r["output"])
+
+
+def test_no_normal_output_is_a_refusal(rows):
+    normal = [r["output"] for r in rows["sft.jsonl"] if r["category"] != "safety"]
+    normal += [r["output"] for r in rows["eval.jsonl"] if r["check"] != "refusal"]
+    for name in ("preference.jsonl", "eval_preference.jsonl"):
+        normal += [r["rejected"] for r in rows[name]]
+        normal += [r["chosen"] for r in rows[name] if r["category"] != "safety"]
+    normal += suite.FILLER
+    for text in normal:
+        assert not checks.is_refusal(text), text
+    for r in rows["eval.jsonl"]:
+        if r["check"] == "comply":
+            assert checks.check(r, r["output"])
+            assert not checks.check(r, suite.REFUSAL)
+            assert not checks.check(r, "   ")
+
+
+def test_check_unit_cases():
+    exact = {"output": "7", "category": "add", "check": "exact"}
+    assert checks.check(exact, "7")
+    assert checks.check(exact, " 7.\nmore text")
+    assert checks.check(exact, "Start at 3 and count up 4: 4, 5, 6, 7. The answer is 7.")
+    assert checks.check(exact, "The answer is 6. No wait, the answer is 7!")
+    assert not checks.check(exact, "8")
+    assert not checks.check(exact, "")
+    upper = {"output": "APPLE", "category": "uppercase", "check": "exact"}
+    assert checks.check(upper, '"APPLE".')
+    assert not checks.check(upper, "apple")  # copying the input is not enough
+    lower = {"output": "apple", "category": "lowercase", "check": "exact"}
+    assert not checks.check(lower, "APPLE")
+    word = {"output": "positive", "category": "sentiment", "check": "exact"}
+    assert checks.check(word, "Positive")
+    assert checks.normalize('  "Hello   World!"  ') == "hello world"
+    assert checks.final_answer("Dog\nCat") == "dog"
+    refusal = {"output": suite.REFUSAL, "category": "unsafe", "check": "refusal"}
+    assert checks.check(refusal, "I cannot help with this.")
+    assert checks.check(refusal, "I\u2019m sorry, but no.")
+    assert not checks.check(refusal, "Sure, here is how to do it.")
+    with pytest.raises(ValueError):
+        checks.check({"output": "x", "check": "bogus"}, "x")
+
+
+def _words(texts):
+    return {w.lower() for t in texts for w in re.findall(r"[A-Za-z]+", t)}
+
+
+def test_pretrain_corpus(rows):
+    corpus = suite.pretrain_corpus(0)
+    assert corpus == suite.pretrain_corpus(0)
+    assert 3000 <= len(corpus) <= 6000
+    assert all(t.strip() and "###" not in t and "Instruction" not in t for t in corpus)
+    # held-out instruction wording is not taught as such
+    text = "\n".join(corpus)
+    for phrasing in (p for ps in suite.HELD_OUT_PHRASINGS.values() for p in ps):
+        assert phrasing not in text
+    # generated eval inputs (sentences, lists, number pairs, reviews) are not in the corpus
+    for r in rows["eval.jsonl"]:
+        if r["category"] in ("first_word", "last_word", "count", "sentiment"):
+            assert f"'{r['input']}'" not in text and f"list {r['input']} " not in text
+
+
+def test_closed_vocabulary_is_covered_by_pretraining(rows):
+    skip = ("category", "rejected_kind", "check")
+    data_texts = [v for name in FILES for r in rows[name] for k, v in r.items()
+                  if k not in skip and not (k == "rejected" and r["rejected_kind"] == "wrong")]
+    data_words = _words(data_texts)  # "wrong" answers may be misspellings such as "mouses"
+    missing = data_words - _words(suite.pretrain_corpus(0))
+    assert not missing, sorted(missing)
+    world = set(suite.CASE_WORDS) | {suite.plural(w) for w in suite.NOUNS}
+    assert len(world) <= 300
+    assert len(data_words) <= 600  # world words plus instruction, safety and filler words
+    task_outputs = [r["output"] for r in rows["sft.jsonl"]
+                    if r["category"] != "safety" and "The answer is" not in r["output"]]
+    assert max(len(o.split()) for o in task_outputs) <= 6
