@@ -392,9 +392,9 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
             t = cand.tiny
             if t.arch not in ("llama", "qwen2"):
                 bad(f"{key}.tiny.arch", f"must be llama or qwen2, got {t.arch!r}")
-            if t.num_heads and t.hidden_size % max(t.num_heads, 1):
+            if _positive(t.hidden_size, t.num_heads) and t.hidden_size % t.num_heads:
                 bad(f"{key}.tiny.hidden_size", f"({t.hidden_size}) must be divisible by num_heads ({t.num_heads})")
-            if t.num_kv_heads and t.num_heads % max(t.num_kv_heads, 1):
+            if _positive(t.num_heads, t.num_kv_heads) and t.num_heads % t.num_kv_heads:
                 bad(f"{key}.tiny.num_heads", f"({t.num_heads}) must be divisible by num_kv_heads ({t.num_kv_heads})")
     if cfg.model.dtype not in DTYPES:
         bad("model.dtype", f"must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}")
@@ -419,7 +419,7 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     for m in cfg.evaluate.models:
         if m not in EVAL_MODELS:
             bad("evaluate.models", f"entries must be among {', '.join(EVAL_MODELS)}, got {m!r}")
-    if cfg.distributed.num_processes < 1:
+    if isinstance(cfg.distributed.num_processes, int) and cfg.distributed.num_processes < 1:
         bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
     ds = cfg.distributed.deepspeed
     if ds and not Path(ds).is_file():
@@ -427,8 +427,13 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     for section, kind in (("sft", "sft"), ("preference", "dpo")):
         from alignpipe import trl_api
 
-        for msg in trl_api.check_config(kind, getattr(cfg, section).trl):
-            bad(section, msg)
+        for key, msg in trl_api.check_config(kind, getattr(cfg, section).trl):
+            bad(f"{section}.{key}", msg)
+
+
+def _positive(*values: Any) -> bool:
+    """All values are usable integers (a mistyped one is already reported and left as None)."""
+    return all(isinstance(v, int) and v > 0 for v in values)
 
 
 def _looks_like_file(path: str) -> bool:

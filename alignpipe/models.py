@@ -23,9 +23,9 @@ import torch
 from alignpipe import templates
 from alignpipe.config import Candidate, ModelSection, PipelineConfig, TinySpec
 
-BUILDER_VERSION = "1"  # bump when the tiny builder's output would change
+BUILDER_VERSION = "2"  # bump when the tiny builder's output would change
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-PAD, DOC_END, EOS = "<|pad|>", "<|endoftext|>", "<|im_end|>"
+PAD, EOS = "<|pad|>", "<|im_end|>"
 # ChatML with {% generation %} markers, so TRL can put the loss on assistant turns only.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -195,7 +195,7 @@ def _pretrain(model, tok, corpus: list[str], spec: TinySpec) -> list[float]:
     rng = random.Random(spec.seed)
     texts = list(corpus)
     rng.shuffle(texts)
-    doc_end = tok.convert_tokens_to_ids(DOC_END)
+    doc_end = tok.convert_tokens_to_ids(EOS)  # documents end with EOS, as in real base models
     ids: list[int] = []
     for enc in tok(texts, add_special_tokens=False)["input_ids"]:
         ids.extend(enc + [doc_end])

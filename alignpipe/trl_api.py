@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import tempfile
+import types
+import typing
 from typing import Any
 
 import torch
@@ -51,17 +53,46 @@ def make_config(kind: str, output_dir: str, user: dict[str, Any], ours: dict[str
     return cls(output_dir=output_dir, **values)
 
 
-def check_config(kind: str, user: dict[str, Any]) -> list[str]:
-    """Problems with the user's pass-through fields, found by building the real TRL config."""
-    if not user:
-        return []
+def check_config(kind: str, user: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, problem) for the user's pass-through fields: declared types, then the real TRL config."""
+    cls, _ = _classes(kind)
+    hints = typing.get_type_hints(cls)
+    problems = [(k, f"must be {_expected(hints[k])}, got {v!r}") for k, v in user.items() if not _fits(hints.get(k), v)]
+    typed = {k: v for k, v in user.items() if _fits(hints.get(k), v)}
+    if not typed or _rejection(kind, typed) is None:
+        return problems
+    found = [(k, f"TRL {cls.__name__} rejects {typed[k]!r}: {why}") for k in sorted(typed) if (why := _rejection(kind, {k: typed[k]}))]
+    return problems + (found or [(", ".join(sorted(typed)), f"TRL {cls.__name__} rejects this combination: {_rejection(kind, typed)}")])
+
+
+def _rejection(kind: str, fields: dict[str, Any]) -> str | None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            make_config(kind, tmp, user)
+            make_config(kind, tmp, fields)
     except (TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return [f"TRL {_classes(kind)[0].__name__} rejects these fields ({', '.join(sorted(user))}): {first}"]
-    return []
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+_SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether a YAML value fits a TRL field's declared type (only simple types are checked)."""
+    if tp is None:
+        return True
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args) or (value is None and type(None) in args)
+    if tp in _SIMPLE:
+        return isinstance(value, _SIMPLE[tp]) and (tp is bool or not isinstance(value, bool))
+    return True  # lists, enums, dicts: TRL's own validation decides
+
+
+def _expected(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
 
 
 def trainer(kind: str, **kwargs):

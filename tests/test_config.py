@@ -1,0 +1,196 @@
+"""The typed config: shipped recipes load, overrides land, and every problem is reported at once."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from alignpipe.config import ConfigError, LoraSection, load_config
+from conftest import ROOT, run_cli
+
+TINY = ROOT / "configs" / "tiny.yaml"
+DATA = ROOT / "data"
+DATA_FILES = ("sft.jsonl", "preference.jsonl", "eval.jsonl", "eval_preference.jsonl")
+
+CONFIGS = [pytest.param(p, id=p.name) for p in sorted((ROOT / "configs").glob("*.y*ml"))]
+
+
+def problems_of(overrides, path=TINY) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert info.value.problems, "ConfigError without problems"
+    return info.value.problems
+
+
+def has(problems, *parts) -> bool:
+    return any(all(p in line for p in parts) for line in problems)
+
+
+MINIMAL = """\
+experiment: t
+model:
+  candidates:
+    - name: t
+      tiny: {hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1}
+data:
+  sft: {path: ../data/sft.jsonl}
+  preference: {path: ./local/preference.jsonl}
+  eval: {path: local/eval.jsonl}
+  eval_preference: {path: local/eval_preference.jsonl}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    """A minimal YAML in tmp/recipes/ using ../, ./ and bare relative data paths (copies of data/)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "recipes" / "local").mkdir(parents=True)
+    shutil.copy(DATA / "sft.jsonl", tmp_path / "data" / "sft.jsonl")
+    for name in DATA_FILES[1:]:
+        shutil.copy(DATA / name, tmp_path / "recipes" / "local" / name)
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text(MINIMAL, encoding="utf-8")
+    return path
+
+
+# -- shipped recipes ------------------------------------------------------------------------------
+
+
+def test_configs_exist():
+    assert CONFIGS, "no YAML recipes in configs/"
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_config_loads_and_validates(path, state_dir):
+    cfg = load_config(path)
+    assert cfg.source == str(path)
+    for name in ("sft", "preference", "eval"):
+        assert Path(getattr(cfg.data, name).path).is_file()
+    proc = run_cli("validate", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# -- overrides ------------------------------------------------------------------------------------
+
+
+def test_set_passthrough_override_lands_in_trl():
+    cfg = load_config(TINY, ["sft.max_steps=5"])
+    assert cfg.sft.trl["max_steps"] == 5
+    assert isinstance(cfg.sft.trl["max_steps"], int)
+    assert cfg.sft.trl["learning_rate"] == 3.0e-3  # the rest of the YAML's pass-through stays
+
+
+def test_nested_override_creates_sections(recipe):
+    cfg = load_config(recipe, ["sft.lora.r=8", "tracking.uri=sqlite:///x.db", "preference.beta=0.2"])
+    assert isinstance(cfg.sft.lora, LoraSection)
+    assert cfg.sft.lora.r == 8
+    assert cfg.sft.lora.alpha == LoraSection().alpha  # other fields keep their defaults
+    assert cfg.tracking.uri == "sqlite:///x.db"
+    assert cfg.preference.trl == {"beta": 0.2}
+
+
+def test_override_into_a_scalar_is_reported():
+    assert has(problems_of(["seed.x=1"]), "'seed' is not a section")
+
+
+# -- unknown keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, unknown, suggestion",
+    [
+        ("experment=x", "'experment'", "did you mean 'experiment'"),
+        ("sft.max_stepz=5", "'sft.max_stepz'", "did you mean 'sft.max_steps'"),
+        ("sft.lerning_rate=0.1", "'sft.lerning_rate'", "did you mean 'sft.learning_rate'"),
+    ],
+)
+def test_unknown_key_suggests(override, unknown, suggestion):
+    assert has(problems_of([override]), "unknown key", unknown, suggestion)
+
+
+def test_unknown_key_in_yaml_suggests(tmp_path, recipe):
+    text = recipe.read_text().replace("experiment: t", "experiment: t\nmodle: {}")
+    recipe.write_text(text)
+    problems = problems_of([], recipe)
+    assert has(problems, str(recipe), "unknown key 'modle'", "did you mean 'model'")
+
+
+# -- every problem at once ------------------------------------------------------------------------
+
+
+def test_all_problems_reported_at_once():
+    problems = problems_of(
+        [
+            "experment=x",
+            "seed=abc",
+            "sft.template=bogus",
+            "model.dtype=int3",
+            "data.eval.path=./no/such/eval.jsonl",
+            "sft.max_stepz=1",
+        ]
+    )
+    assert len(problems) >= 3
+    for parts in (
+        ("experment",),
+        ("'seed'", "integer"),
+        ("sft.template", "bogus"),
+        ("model.dtype", "int3"),
+        ("data.eval.path", "does not exist"),
+        ("sft.max_stepz",),
+    ):
+        assert has(problems, *parts), (parts, problems)
+
+
+# -- types ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, dotted, kind",
+    [
+        ("seed=abc", "'seed'", "integer"),
+        ("select.perplexity_rows=many", "'select.perplexity_rows'", "integer"),
+        ("select.tie_tolerance=abc", "'select.tie_tolerance'", "number"),
+        ("sft.lora={r: eight}", "'sft.lora.r'", "integer"),
+        ("model.trust_remote_code=maybe", "'model.trust_remote_code'", "true or false"),
+        ("model.candidates=[{name: x, tiny: {hidden_size: big}}]", "'model.candidates[0].tiny.hidden_size'", "integer"),
+        ("distributed.num_processes=abc", "'distributed.num_processes'", "integer"),
+        ("sft.max_steps=abc", "'sft.max_steps'", "integer"),
+        ("preference.beta=abc", "'preference.beta'", "number"),
+    ],
+)
+def test_wrong_type_names_dotted_key(override, dotted, kind):
+    assert has(problems_of([override]), dotted, kind)
+
+
+@pytest.mark.parametrize(
+    "section, cls",
+    [("sft", "SFTConfig"), ("preference", "DPOConfig")],
+)
+def test_trl_rejected_passthrough_is_reported(section, cls):
+    problems = problems_of([f"{section}.lr_scheduler_type=no_such_scheduler"])
+    assert has(problems, f"'{section}.lr_scheduler_type'", cls, "no_such_scheduler")
+
+
+# -- relative paths -------------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_yaml_folder(recipe, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the cwd must not matter
+    cfg = load_config(recipe)
+    base = recipe.parent.resolve()
+    assert Path(cfg.data.sft.path) == (tmp_path / "data" / "sft.jsonl").resolve()
+    assert Path(cfg.data.preference.path) == base / "local" / "preference.jsonl"
+    assert Path(cfg.data.eval.path) == base / "local" / "eval.jsonl"
+    assert Path(cfg.data.eval_preference.path) == base / "local" / "eval_preference.jsonl"
+    for name in ("sft", "preference", "eval", "eval_preference"):
+        assert Path(getattr(cfg.data, name).path).is_absolute()
+
+
+def test_relative_path_missing_next_to_yaml_is_reported(recipe):
+    (recipe.parent / "local" / "eval.jsonl").unlink()
+    problems = problems_of([], recipe)
+    assert has(problems, "data.eval.path", str(recipe.parent / "local" / "eval.jsonl"), "does not exist")

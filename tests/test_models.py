@@ -1,0 +1,121 @@
+"""The tiny model builder and model sources (alignpipe.models)."""
+
+import json
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignpipe import models
+from alignpipe.config import Candidate, ModelSection, PipelineConfig, TinySpec
+
+# Very small on purpose; one tokenizer (same vocab_size) is shared by every build in this module.
+SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, vocab_size=512,
+             pretrain_batch_size=4, pretrain_block_size=64)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="module")
+def built(root):
+    return models.build_tiny(TinySpec(pretrain_steps=5, **SMALL), root)
+
+
+@pytest.fixture(scope="module")
+def tok(built):
+    return AutoTokenizer.from_pretrained(built)
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    return AutoModelForCausalLM.from_pretrained(built)
+
+
+def test_model_dir_contents(built):
+    names = {p.name for p in built.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "alignpipe_tiny.json"} <= names
+    has_template = "chat_template.jinja" in names or "chat_template" in json.loads((built / "tokenizer_config.json").read_text())
+    assert has_template, names
+    assert not [n for n in names if n.endswith((".bin", ".pt"))]  # safetensors only
+    assert not list(built.parent.glob(".*.tmp"))  # the atomic build left no temp dir
+
+
+def test_tokenizer_pad_and_eos(tok):
+    assert tok.pad_token is not None and tok.eos_token is not None
+    assert tok.pad_token_id != tok.eos_token_id
+    assert tok.eos_token == models.EOS and tok.pad_token == models.PAD
+
+
+def test_chat_template_generation_prompt(tok):
+    messages = [{"role": "user", "content": "Say hi."}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert "Say hi." in prompt
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": "hi"}], tokenize=False)
+    assert "hi" + models.EOS in full
+
+
+def test_model_reloads(built, tok, model):
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
+    assert model.config.model_type == "llama"
+    assert model.get_input_embeddings().num_embeddings == len(tok)
+    ids = tok("The opposite of dry is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok))
+    again = models.load_model(str(built), ModelSection())
+    assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_build_is_cached(root, built):
+    files = {name: (built / name).stat().st_mtime_ns for name in ("model.safetensors", "config.json")}
+    started = time.time()
+    again = models.build_tiny(TinySpec(pretrain_steps=5, **SMALL), root)
+    assert again == built
+    assert {name: (built / name).stat().st_mtime_ns for name in files} == files
+    assert time.time() - started < 5
+
+
+def test_other_spec_builds_elsewhere(root, built):
+    other = models.build_tiny(TinySpec(arch="qwen2", pretrain_steps=5, **SMALL), root)
+    assert other != built
+    assert json.loads((other / "config.json").read_text())["model_type"] == "qwen2"
+    m = AutoModelForCausalLM.from_pretrained(other)
+    assert m.config.model_type == "qwen2"
+    tok = AutoTokenizer.from_pretrained(other)
+    assert tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                   tokenize=False).endswith("<|im_start|>assistant\n")
+
+
+def test_pretraining_lowers_loss(root):
+    out = models.build_tiny(TinySpec(pretrain_steps=30, **SMALL), root)
+    meta = json.loads((out / "alignpipe_tiny.json").read_text())
+    assert meta["spec"]["pretrain_steps"] == 30
+    assert meta["pretrain_loss_last"] < meta["pretrain_loss_first"]
+
+
+def test_count_parameters(built, model):
+    real = sum(p.numel() for p in model.parameters())
+    assert models.count_parameters(str(built), ModelSection()) == real
+    assert json.loads((built / "alignpipe_tiny.json").read_text())["parameters"] == real
+
+
+def test_resolve_tiny_uses_cache(root, built, monkeypatch):
+    monkeypatch.setenv("ALIGNPIPE_CACHE", str(root))
+    cand = Candidate(name="t", tiny=TinySpec(pretrain_steps=5, **SMALL))
+    assert models.resolve(cand, PipelineConfig()) == str(built)
+
+
+def test_resolve_hub_id_unchanged():
+    hub_id = "no-such-org-alignpipe/no-such-model-xyz"
+    assert models.resolve(Candidate(name="x", path=hub_id), PipelineConfig()) == hub_id
+
+
+def test_resolve_local_dir(built, tmp_path):
+    assert models.resolve(Candidate(name="x", path=str(built)), PipelineConfig()) == str(built.resolve())
+    with pytest.raises(models.ModelSourceError, match="config.json"):
+        models.resolve(Candidate(name="x", path=str(tmp_path)), PipelineConfig())
