@@ -650,9 +650,30 @@ def pretrain_corpus(seed: int = 0) -> list[str]:
     for _ in range(40):
         texts.append(" ".join(rng.sample(FILLER, 3)))
 
+    texts += _faq_lines(rng, exclude, sentences)
     texts = _unique(texts)
     rng.shuffle(texts)
     return texts
+
+
+def _faq_lines(rng: random.Random, exclude: set[str], sentences: list[str]) -> list[str]:
+    """FAQ-style "question line, answer line" texts, as web text has: never the SFT template,
+    never the held-out categories, never an eval input. They let a base model be scored
+    zero-shot in a plain question/answer format (how `select` scores candidates)."""
+    qa = [f"What is the opposite of {a}?\n{b}" for a, b in OPPOSITE.items()]
+    qa += [f"What is the plural of {w}?\n{plural(w)}" for w in NOUNS]
+    qa += [f"How is {w} written in capital letters?\n{w.upper()}" for w in CASE_WORDS]
+    qa += [f"Is {_a(w)} an animal, a fruit or a color?\n{word_class(w)}" for w in CLASS_WORDS]
+    qa += [f"What is {a} plus {b}?\n{a + b}" for a in range(10) for b in range(10)]
+    qa += [f"Which is bigger, {a} or {b}?\n{max(a, b)}" for a, b in _number_pairs(rng, 300)
+           if f"{a} and {b}" not in exclude and f"{b} and {a}" not in exclude]
+    qa += [f"How many items are in the list {', '.join(x)}?\n{len(x)}" for x in _word_lists(rng, 200)
+           if ", ".join(x) not in exclude]
+    qa += [f"What is the first word of '{t}'?\n{t.split()[0]}" for t in sentences[:150]]
+    qa += [f"Is the review '{r}' positive or negative?\n{label}" for r, label in _reviews() if r not in exclude]
+    qa += [f"Can you say {w} {n} times?\n{' '.join([w] * n)}" for i, w in enumerate(NOUNS) for n in [2 + i % 2]]
+    qa += [f"How do I {a}?\n{rng.choice(REFUSALS)}" for a in HARMFUL_ACTIONS]
+    return rng.sample(qa, len(qa) // 2)
 
 
 def main(argv: list[str] | None = None) -> None:

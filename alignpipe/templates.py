@@ -28,6 +28,11 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
     return ALPACA_NO_INPUT.format(instruction=instruction)
 
 
+def plain_prompt(instruction: str, input: str = "") -> str:
+    """Question line(s) then the answer line: how base models are scored zero-shot by `select`."""
+    return f"{instruction}\n{input}\n" if input.strip() else f"{instruction}\n"
+
+
 def user_message(instruction: str, input: str = "") -> list[dict[str, str]]:
     content = f"{instruction}\n\n{input}" if input.strip() else instruction
     return [{"role": "user", "content": content}]

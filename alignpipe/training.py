@@ -67,7 +67,21 @@ def save_final(trainer, tokenizer, out: Path) -> Path:
     return out
 
 
-def train_metrics(train_output, trainer) -> dict[str, float]:
-    m = {k: float(v) for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
-    m["global_step"] = float(trainer.state.global_step)
-    return m
+def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Path]:
+    """Train (resuming from the newest checkpoint in `out`), evaluate, log, save the final model.
+
+    Returns the final metrics and the saved model dir. Runs inside the stage's MLflow run.
+    """
+    import mlflow
+
+    resume = last_checkpoint(out / "checkpoints")
+    if resume:
+        print(f"{stage}: resuming from {resume}")
+        mlflow.set_tag("alignpipe.resumed_from", resume)
+    output = trainer.train(resume_from_checkpoint=resume)
+    metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
+    metrics["global_step"] = float(trainer.state.global_step)
+    if trainer.eval_dataset is not None:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
+    return metrics, save_final(trainer, tokenizer, out / "model")

@@ -20,12 +20,16 @@ steps: attention_mask.sum() when there is a mask, else every token of the flatte
 (padding-free batches hold no pads unless pad_to_multiple_of is set, which is discounted).
 TRL's own `num_tokens` counter from the run is shown alongside as a cross-check.
 
-Timings are wall-clock on a shared machine: run twice or on an idle box before drawing conclusions.
+Timings are wall-clock and noisy on a shared machine (load averages are printed): compare runs on an idle
+box before drawing conclusions. OMP_WAIT_POLICY defaults to PASSIVE here (set it yourself to override):
+OpenMP's spin-waiting made steps 3-25x slower on the shared 2-core box whenever other processes ran.
+First run only: the tiny model is built and pretrained into $ALIGNPIPE_CACHE (minutes), then reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -147,15 +151,19 @@ def run_variant(name: str, extra: dict, *, source: str, cfg, tok, dataset, steps
         except TypeError as e:
             return {"name": name, "error": _first_line(e)}
 
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # keep the output to this script's table
         real, total = count_batches(trainer, steps)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = trainer.train()
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         trl_tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
         return {
             "name": name,
             "steps": trainer.state.global_step,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "real_tokens": real,
             "total_tokens": total,
             "trl_tokens": int(trl_tokens) if trl_tokens is not None else None,
@@ -171,11 +179,11 @@ def _first_line(e: Exception) -> str:
 
 
 def print_table(results: list[dict]) -> None:
-    head = ["variant", "steps", "seconds", "real tokens/s", "non-pad fraction", "train loss", "real tokens", "TRL num_tokens"]
+    head = ["variant", "steps", "seconds", "real tokens/s", "non-pad fraction", "train loss", "real tokens", "TRL num_tokens", "cpu s"]
     lines = []
     for r in results:
         if "error" in r:
-            lines.append([r["name"], "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"])
+            lines.append([r["name"]] + ["n/a"] * (len(head) - 1))
             continue
         lines.append(
             [
@@ -187,6 +195,7 @@ def print_table(results: list[dict]) -> None:
                 f"{r['loss']:.4f}" if math.isfinite(r["loss"]) else "nan",
                 f"{r['real_tokens']:,}",
                 f"{r['trl_tokens']:,}" if r["trl_tokens"] is not None else "-",
+                f"{r['cpu_seconds']:.1f}",
             ]
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
@@ -220,6 +229,10 @@ def main(argv=None) -> int:
         return 0
     os.environ.setdefault("ALIGNPIPE_CACHE", str(REPO / ".alignpipe" / "cache"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP's default spin-waiting makes every op wait for a descheduled thread when other processes share the
+    # cores: 3-25x slower steps measured on the shared 2-core box. Passive waiting is as fast when the box is idle.
+    # Must be set before torch (libgomp) is loaded; an explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, str(REPO))
 
     import torch
@@ -227,7 +240,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # TRL's "packing without flash attention" warnings: see the notes printed below
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("trl").setLevel(logging.ERROR)  # "packing without flash attention": see the note printed below
     warnings.filterwarnings("ignore", category=UserWarning)
     from datasets.utils.logging import disable_progress_bar
 
@@ -238,6 +253,7 @@ def main(argv=None) -> int:
 
     cfg = load_config(RECIPE)
     candidate = cfg.model.candidates[0]
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     source = models.resolve(candidate, cfg)
     tok = models.load_tokenizer(source, cfg.model)
@@ -247,7 +263,8 @@ def main(argv=None) -> int:
     print(
         f"sft_packing: {len(rows)} rows from {data_path}; model {candidate.name} ({source}, attn={attn}, "
         f"ready in {time.perf_counter() - t0:.1f}s); template {cfg.sft.template}; batch {BATCH}; "
-        f"steps {a.steps}; max_length {a.max_length}; threads {torch.get_num_threads()}"
+        f"steps {a.steps}; max_length {a.max_length}; threads {torch.get_num_threads()} "
+        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})"
     )
 
     variants = [
@@ -259,15 +276,21 @@ def main(argv=None) -> int:
     for name, extra in variants:
         t = time.perf_counter()
         r = run_variant(name, extra, source=source, cfg=cfg, tok=tok, dataset=dataset, steps=a.steps, max_length=a.max_length)
-        status = r.get("error") or f"train {r['seconds']:.1f}s, {r['train_rows']} train rows"
+        status = r.get("error") or f"train {r['seconds']:.1f}s; {r['train_rows']} train sequences after TRL's preparation"
         print(f"  {name}: done in {time.perf_counter() - t:.1f}s ({status})", flush=True)
         results.append(r)
     print()
     print_table(results)
+    cores = os.cpu_count() or 1
+    print(
+        f"load average at start/end: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {cores} cores"
+        + (" (other processes shared the CPU: timings are noisy; compare runs on an idle box)" if max(load_before, os.getloadavg()[0]) > cores + 0.5 else "")
+    )
     if attn not in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn"):
         print(
-            f"note: attention is {attn}; packed/padding-free batches are one flattened sequence whose sequence "
-            "boundaries come from position_ids (a block-diagonal mask), so attention cost grows with the flattened length."
+            f"note: attention is {attn}, not flash-attention varlen: a packed/padding-free batch is ONE flattened sequence "
+            f"(packed: up to {BATCH}x{a.max_length} tokens) kept apart by a block-diagonal mask built from position_ids, "
+            "so attention costs O(flattened length^2) instead of O(batch x row length^2)."
         )
     return 0
 

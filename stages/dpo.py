@@ -38,15 +38,7 @@ def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) ->
             callbacks=[tracking.MetricsCallback()],
         )
         mlflow.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
-        resume = training.last_checkpoint(out / "checkpoints")
-        if resume:
-            print(f"dpo: resuming from {resume}")
-            mlflow.set_tag("alignpipe.resumed_from", resume)
-        metrics = training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer)
-        if val_rows:
-            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
-        mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
-        model_dir = training.save_final(trainer, tok, out / "model")
+        metrics, model_dir = training.fit(trainer, tok, out, "dpo")
         result = {
             "stage": "dpo",
             "run_id": run.info.run_id,

@@ -2,7 +2,9 @@
 
 Each candidate (hub id, local dir or tiny spec) is checked against the parameter/memory budget,
 then scored on the SFT data's held-out validation rows (never trained on): response-only
-perplexity, and a short greedy generation scored by token F1 against the reference.
+perplexity, and a short greedy generation (its first line) scored by token F1 against the
+reference. Base models have not seen the SFT template, so they are scored zero-shot in a plain
+format, the question lines then the answer line, as lm-eval-harness scores base models.
 
 Rule: among the candidates within budget, the lowest perplexity wins; candidates within
 `select.tie_tolerance` of the best are tied, and the higher generation F1, then the smaller
@@ -32,8 +34,10 @@ def run_select(cfg: PipelineConfig) -> dict:
         ranking = [_score(cand, cfg, heldout) for cand in cfg.model.candidates]
         scored = [r for r in ranking if r["within_budget"]]
         if not scored:
+            smallest = min(ranking, key=lambda r: r["parameters"])
             raise models.ModelSourceError(
-                "no candidate fits the budget (model.max_params / model.max_memory_gb): raise the budget or add a smaller model"
+                f"no candidate fits the budget (model.max_params={cfg.model.max_params}, model.max_memory_gb={cfg.model.max_memory_gb}); "
+                f"the smallest, {smallest['name']}, has {smallest['parameters']:,} parameters: raise the budget or add a smaller model"
             )
         best_ppl = min(r["perplexity"] for r in scored)
         tied = [r for r in scored if r["perplexity"] <= best_ppl * (1 + cfg.select.tie_tolerance)]
@@ -78,13 +82,12 @@ def _score(cand, cfg: PipelineConfig, rows: list[dict]) -> dict:
     model = models.load_model(source, cfg.model)
     model.eval()
     tok = models.load_tokenizer(source, cfg.model)
-    template = cfg.sft.template if (cfg.sft.template != "chat" or tok.chat_template) else "alpaca"
     ppl_rows = rows[: cfg.select.perplexity_rows]
-    prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in ppl_rows]
+    prompts = [templates.plain_prompt(r["instruction"], r["input"]) for r in ppl_rows]
     _, ppl = scoring.perplexity(scoring.response_logprobs(model, tok, prompts, [r["output"] for r in ppl_rows]))
     gen_rows = rows[: cfg.select.generation_rows]
     outputs = scoring.generate(model, tok, prompts[: len(gen_rows)], cfg.select.max_new_tokens)
-    f1 = sum(token_f1(o, r["output"]) for o, r in zip(outputs, gen_rows)) / max(len(gen_rows), 1)
+    f1 = sum(token_f1(o.split("\n")[0], r["output"]) for o, r in zip(outputs, gen_rows)) / max(len(gen_rows), 1)
     entry.update(perplexity=round(ppl, 4), generation_f1=round(f1, 4), seconds=round(time.time() - started, 1))
     return entry
 

@@ -29,12 +29,7 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
         if template == "chat" and not tok.chat_template:
             raise models.ModelSourceError(f"{base_model}: has no chat template; set sft.template=alpaca")
         model = models.load_model(base_model, cfg.model)
-        args = trl_api.make_config(
-            "sft",
-            str(out / "checkpoints"),
-            cfg.sft.trl,
-            ours=training.common_args(cfg),
-        )
+        args = trl_api.make_config("sft", str(out / "checkpoints"), cfg.sft.trl, ours=training.common_args(cfg))
         trainer = trl_api.trainer(
             "sft",
             model=model,
@@ -46,15 +41,7 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
             callbacks=[tracking.MetricsCallback()],
         )
         mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
-        resume = training.last_checkpoint(out / "checkpoints")
-        if resume:
-            print(f"sft: resuming from {resume}")
-            mlflow.set_tag("alignpipe.resumed_from", resume)
-        metrics = training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer)
-        if val_rows:
-            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
-        mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
-        model_dir = training.save_final(trainer, tok, out / "model")
+        metrics, model_dir = training.fit(trainer, tok, out, "sft")
         result = {
             "stage": "sft",
             "run_id": run.info.run_id,

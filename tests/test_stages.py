@@ -1,0 +1,181 @@
+"""Each stage really trains or scores a tiny model, and lands one MLflow run with what a user checks."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignpipe.config import load_config
+from conftest import ROOT
+from flows.pipeline import run_stage
+from stages.dpo import run_dpo
+from stages.evaluate import HEADLINE, run_evaluate
+from stages.select import run_select
+from stages.sft import run_sft
+
+pytestmark = pytest.mark.slow
+
+SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
+SMALLER = "{arch: qwen2, hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, pretrain_steps: 10}"
+FAST = [
+    f"model.candidates=[{{name: small, tiny: {SMALL}}}, {{name: smaller, tiny: {SMALLER}}}]",
+    "select.perplexity_rows=16",
+    "select.generation_rows=8",
+    "sft.max_steps=12",
+    "sft.save_steps=6",
+    "sft.logging_steps=4",
+    "preference.max_steps=6",
+    "preference.save_steps=3",
+    "preference.logging_steps=2",
+    "evaluate.max_new_tokens=8",
+    "evaluate.num_samples=6",
+]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALIGNPIPE_HOME", str(state))
+        yield load_config(ROOT / "configs" / "tiny.yaml", FAST)
+
+
+@pytest.fixture(scope="module")
+def selected(cfg):
+    return run_select(cfg)
+
+
+@pytest.fixture(scope="module")
+def sft(cfg, selected):
+    return run_sft(cfg, selected["model_path"])
+
+
+@pytest.fixture(scope="module")
+def dpo(cfg, sft):
+    return run_dpo(cfg, sft["model_path"], sft["template"])
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
+
+
+def moved(before: dict, after: dict) -> list[str]:
+    assert before.keys() == after.keys()
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def run_of(cfg, run_id):
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    return mlflow.get_run(run_id)
+
+
+def test_select_ranks_candidates_and_says_why(cfg, selected):
+    ranking = {r["name"]: r for r in selected["ranking"]}
+    assert set(ranking) == {"small", "smaller"}
+    for r in ranking.values():
+        assert r["within_budget"] and math.isfinite(r["perplexity"]) and 0 <= r["generation_f1"] <= 1
+    best = min(ranking.values(), key=lambda r: r["perplexity"])
+    assert selected["candidate"] == best["name"] or best["perplexity"] * (1 + cfg.select.tie_tolerance) >= ranking[selected["candidate"]]["perplexity"]
+    assert "lowest held-out response perplexity" in selected["reason"]
+    run = run_of(cfg, selected["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["alignpipe.selected"] == selected["candidate"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"ranking.json", "config.json", "environment.json", "result.json"} <= artifacts
+
+
+def test_select_respects_the_budget(cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
+    small_only = load_config(ROOT / "configs" / "tiny.yaml", FAST + ["model.max_params=150000"])
+    result = run_select(small_only)
+    over = [r for r in result["ranking"] if not r["within_budget"]]
+    assert [r["name"] for r in over] == ["small"] and result["candidate"] == "smaller"
+
+
+def test_sft_trains_the_selected_model(cfg, selected, sft):
+    changed = moved(weights(selected["model_path"]), weights(sft["model_path"]))
+    assert changed, "SFT left every weight unchanged"
+    m = sft["metrics"]
+    assert m["global_step"] == 12 and math.isfinite(m["train_loss"]) and math.isfinite(m["eval_loss"])
+    run = run_of(cfg, sft["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["sft.trl.max_steps"] == "12"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert len(history) >= 2, "per-step training loss was not logged"
+    assert list((Path(sft["model_path"]).parent / "checkpoints").glob("checkpoint-*")), "no checkpoint kept"
+
+
+def test_dpo_trains_from_sft_and_logs_rewards(cfg, sft, dpo):
+    assert dpo["reference_model"] == sft["model_path"]
+    assert moved(weights(sft["model_path"]), weights(dpo["model_path"])), "DPO left every weight unchanged"
+    run = run_of(cfg, dpo["run_id"])
+    assert run.info.status == "FINISHED"
+    for key in ("rewards_accuracies", "rewards_margins", "eval_rewards_accuracies", "eval_rewards_margins"):
+        assert key in run.data.metrics, key
+    assert 0 <= run.data.metrics["eval_rewards_accuracies"] <= 1
+
+
+def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):
+    paths = {"base": selected["model_path"], "sft": sft["model_path"], "dpo": dpo["model_path"]}
+    result = run_evaluate(cfg, paths, sft["template"])
+    assert set(result["metrics"]) == {"base", "sft", "dpo"}
+    for name, m in result["metrics"].items():
+        assert set(HEADLINE) <= set(m), (name, m)
+        for k in ("acc_seen", "acc_heldout", "pref_accuracy", "refusal_rate", "over_refusal"):
+            assert 0.0 <= m[k] <= 1.0, (name, k, m[k])
+        assert math.isfinite(m["heldout_loss"]) and m["heldout_loss"] > 0
+    # The SFT model is the reference: its implicit DPO reward is zero by definition.
+    assert result["metrics"]["sft"]["reward_margin"] == 0
+    assert "lowercase" in result["per_category"]["sft"] and "uppercase" in result["per_category"]["sft"]
+    run = run_of(cfg, result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "dpo/pref_accuracy" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"samples.json", "evaluation.json"} <= artifacts
+
+
+def test_sft_with_lora_chat_template_and_packing(cfg, selected, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
+    variant = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        FAST + ["sft.template=chat", "sft.lora={r: 4, alpha: 8}", "sft.packing=true", "sft.max_length=128", "sft.max_steps=4"],
+    )
+    result = run_sft(variant, selected["model_path"])
+    assert moved(weights(selected["model_path"]), weights(result["model_path"])), "LoRA weights were not merged in"
+    saved = Path(result["model_path"])
+    assert (saved / "model.safetensors").is_file() and not (saved / "adapter_config.json").exists()
+    assert result["template"] == "chat"
+
+
+def test_failed_stage_is_marked_failed_and_keeps_earlier_results(cfg, sft, tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    before = (cfg.run_dir / "sft.json").read_text()
+    broken = load_config(ROOT / "configs" / "tiny.yaml", FAST + [f"data.preference.path={bad}", "preference.max_steps=0"])
+    broken.state_dir = str(cfg.state_path)
+    with pytest.raises(Exception):
+        run_dpo(broken, "/no/such/model")
+    assert (cfg.run_dir / "sft.json").read_text() == before
+    assert Path(sft["model_path"], "model.safetensors").is_file()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.experiment], filter_string="attributes.run_name = 'dpo'", output_format="list")
+    assert any(r.info.status == "FAILED" for r in runs)
+
+
+def test_sft_resumes_from_its_last_checkpoint(cfg, selected, sft):
+    """A job that died after step 6 picks up checkpoint-6 when run again, instead of starting over."""
+    out = Path(sft["model_path"]).parent
+    shutil.rmtree(out / "checkpoints" / "checkpoint-12")
+    shutil.rmtree(out / "model")
+    result = run_stage(cfg, "sft")
+    run = run_of(cfg, result["run_id"])
+    assert run.data.tags.get("alignpipe.resumed_from", "").endswith("checkpoint-6")
+    assert result["metrics"]["global_step"] == 12
+    assert Path(result["model_path"]) == out / "model" and (out / "model" / "model.safetensors").is_file()
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert history and min(h.step for h in history) > 6, "steps before the checkpoint were trained again"
