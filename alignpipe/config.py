@@ -18,7 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `3e-4` as a string; accept the exponent forms people write for rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?[0-9][0-9_]*\.[0-9_]*$|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(Exception):
@@ -206,7 +223,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError([f"{path}: config file not found (give the path of a YAML recipe, e.g. configs/tiny.yaml)"])
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = _yaml(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
             raise ConfigError([f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8"]) from None
         except yaml.YAMLError as e:
@@ -257,7 +274,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ValueError(f"--set {item!r}: expected key=value, e.g. --set sft.max_steps=5")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _yaml(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     node = raw

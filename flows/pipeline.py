@@ -64,6 +64,7 @@ def run_stage(cfg: PipelineConfig, name: str) -> dict:
             paths["base"] = cfg.sft.model_path
         if not paths:
             paths["sft"] = upstream("sft")["model_path"]
+        paths = {m: paths[m] for m in ("base", "sft", "dpo") if m in paths}
         template = (previous_result(cfg, "sft") or {}).get("template")
         return run_evaluate(cfg, paths, template)
     raise ValueError(f"unknown stage {name!r}")

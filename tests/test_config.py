@@ -194,3 +194,13 @@ def test_relative_path_missing_next_to_yaml_is_reported(recipe):
     (recipe.parent / "local" / "eval.jsonl").unlink()
     problems = problems_of([], recipe)
     assert has(problems, "data.eval.path", str(recipe.parent / "local" / "eval.jsonl"), "does not exist")
+
+
+def test_exponent_floats_parse_as_numbers(tmp_path):
+    """PyYAML alone reads 3e-4 as a string; recipes and --set both write rates that way."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 3e-3").replace("../data/", f"{DATA}/"))
+    cfg = load_config(recipe, ["preference.learning_rate=5e-5", "select.tie_tolerance=1e-2"])
+    assert cfg.sft.trl["learning_rate"] == 3e-3
+    assert cfg.preference.trl["learning_rate"] == 5e-5
+    assert cfg.select.tie_tolerance == 0.01
