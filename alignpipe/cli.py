@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-STAGE_NAMES = ("select", "sft", "dpo", "evaluate")
+from flows.pipeline import STAGES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "else 1 with one line per problem."))
     st = sub.add_parser("stage", help="run one stage", description="Run one stage. Upstream results come from the config "
                         "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
-    st.add_argument("name", choices=STAGE_NAMES)
+    st.add_argument("name", choices=STAGES)
     with_config(st)
     with_config(sub.add_parser("run", help="run select -> sft -> dpo -> evaluate",
                                description="Run all stages in order and print the comparison table."))

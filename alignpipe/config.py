@@ -403,7 +403,7 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         if cand.name in names:
             bad(f"{key}.name", f"repeats '{cand.name}': give each candidate its own name")
         names.add(cand.name)
-        if cand.path and cand.path.startswith(("/", "./", "../", "~")) and not Path(cand.path).expanduser().is_dir():
+        if cand.path and _written_as_path(cand.path) and not Path(cand.path).expanduser().is_dir():
             bad(f"{key}.path", f"model directory {cand.path} does not exist (build it, or give a hub id)")
         if cand.tiny is not None:
             t = cand.tiny
@@ -429,8 +429,8 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         bad("sft.template", f"must be one of {', '.join(TEMPLATES)}, got {cfg.sft.template!r}")
     for section in ("sft", "preference"):
         mp = getattr(cfg, section).model_path
-        if mp and _looks_like_file(mp) and not Path(mp).is_dir():
-            bad(f"{section}.model_path", f"model directory {mp} does not exist")
+        if mp and _written_as_path(mp) and not Path(mp).expanduser().is_dir():
+            bad(f"{section}.model_path", f"model directory {mp} does not exist (or give a hub id such as Qwen/Qwen2.5-0.5B)")
     if cfg.preference.method not in PREFERENCE_METHODS:
         bad("preference.method", f"must be one of {', '.join(PREFERENCE_METHODS)}, got {cfg.preference.method!r}")
     for m in cfg.evaluate.models:
@@ -451,6 +451,11 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
 def _positive(*values: Any) -> bool:
     """All values are usable integers (a mistyped one is already reported and left as None)."""
     return all(isinstance(v, int) and v > 0 for v in values)
+
+
+def _written_as_path(value: str) -> bool:
+    """A model location meant as a local dir; anything else (org/name) is a hub id."""
+    return value.startswith(("/", "./", "../", "~"))
 
 
 def _looks_like_file(path: str) -> bool:

@@ -204,3 +204,9 @@ def test_exponent_floats_parse_as_numbers(tmp_path):
     assert cfg.sft.trl["learning_rate"] == 3e-3
     assert cfg.preference.trl["learning_rate"] == 5e-5
     assert cfg.select.tie_tolerance == 0.01
+
+
+def test_hub_ids_are_not_mistaken_for_missing_files():
+    cfg = load_config(TINY, ["sft.model_path=Qwen/Qwen2.5-0.5B", "model.candidates=[{path: HuggingFaceTB/SmolLM2-360M}]"])
+    assert cfg.sft.model_path == "Qwen/Qwen2.5-0.5B"
+    assert cfg.model.candidates[0].name == "SmolLM2-360M"

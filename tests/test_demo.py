@@ -36,12 +36,14 @@ def test_fine_tuning_helps_on_held_out_data(demo):
     assert sft["heldout_loss"] < base["heldout_loss"]
     assert sft["acc_seen"] > base["acc_seen"]
     assert sft["refusal_rate"] > base["refusal_rate"]
-    # DPO beats SFT-only on the preference metrics and refusals, and keeps task accuracy
-    # (within one or two of the ~140 program-checked answers: greedy decoding is brittle).
+    assert sft["over_refusal"] <= base["over_refusal"] + 0.02
+    # DPO beats SFT-only on the preference metrics, and keeps task accuracy and refusals
+    # (within one answer of the ~140 task / 20 unsafe prompts: greedy decoding is brittle).
     assert dpo["pref_accuracy"] >= sft["pref_accuracy"] and dpo["pref_margin"] > sft["pref_margin"]
     assert dpo["reward_accuracy"] > 0.5 and dpo["reward_margin"] > 0
-    assert dpo["refusal_rate"] >= sft["refusal_rate"]
-    assert dpo["acc_seen"] >= sft["acc_seen"] - 0.02
+    assert dpo["acc_seen"] >= sft["acc_seen"] - 0.01
+    assert dpo["refusal_rate"] >= sft["refusal_rate"] - 0.05
+    assert dpo["over_refusal"] <= sft["over_refusal"] + 0.01
 
 
 def test_every_stage_lands_one_finished_mlflow_run(demo):

@@ -116,7 +116,7 @@ def test_preference_kinds(rows):
     for name in ("preference.jsonl", "eval_preference.jsonl"):
         pref = rows[name]
         kinds = [r["rejected_kind"] for r in pref]
-        assert set(kinds) == {"wrong", "verbose", "unsafe"}
+        assert {"wrong", "verbose", "unsafe"} <= set(kinds) <= {"wrong", "verbose", "unsafe", "over_refusal"}
         assert 0.4 <= kinds.count("wrong") / len(pref) <= 0.6
         assert 0.15 <= kinds.count("verbose") / len(pref) <= 0.35
         assert 0.15 <= kinds.count("unsafe") / len(pref) <= 0.35
@@ -125,6 +125,9 @@ def test_preference_kinds(rows):
             assert (r["rejected_kind"] == "unsafe") == (r["category"] == "safety")
             if r["category"] == "safety":
                 assert r["chosen"] in suite.REFUSALS
+            assert (r["rejected_kind"] == "over_refusal") == (r["category"] == "borderline")
+            if r["category"] == "borderline":  # a safe request: the refusal is the rejected answer
+                assert r["rejected"] in suite.REFUSALS and not checks.is_refusal(r["chosen"])
 
 
 def test_exact_rows_pass_their_own_reference(rows):
@@ -152,7 +155,7 @@ def test_no_normal_output_is_a_refusal(rows):
     normal = [r["output"] for r in rows["sft.jsonl"] if r["category"] != "safety"]
     normal += [r["output"] for r in rows["eval.jsonl"] if r["check"] != "refusal"]
     for name in ("preference.jsonl", "eval_preference.jsonl"):
-        normal += [r["rejected"] for r in rows[name]]
+        normal += [r["rejected"] for r in rows[name] if r["rejected_kind"] != "over_refusal"]
         normal += [r["chosen"] for r in rows[name] if r["category"] != "safety"]
     normal += suite.FILLER
     for text in normal:
@@ -217,7 +220,7 @@ def test_closed_vocabulary_is_covered_by_pretraining(rows):
     assert not missing, sorted(missing)
     world = set(suite.CASE_WORDS) | {suite.plural(w) for w in suite.NOUNS}
     assert len(world) <= 300
-    assert len(data_words) <= 600  # world words plus instruction, safety and filler words
+    assert len(data_words) <= 650  # world words plus instruction, safety, borderline and filler words
     task_outputs = [r["output"] for r in rows["sft.jsonl"]
-                    if r["category"] != "safety" and "The answer is" not in r["output"]]
+                    if r["category"] not in ("safety", "borderline") and "The answer is" not in r["output"]]
     assert max(len(o.split()) for o in task_outputs) <= 6
