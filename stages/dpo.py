@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import mlflow
 from datasets import Dataset
 
 from alignpipe import data, models, templates, tracking, training, trl_api
@@ -37,7 +36,7 @@ def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) ->
             peft_config=training.lora_config(cfg.preference.lora),
             callbacks=[tracking.MetricsCallback()],
         )
-        mlflow.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
+        tracking.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
         metrics, model_dir = training.fit(trainer, tok, out, "dpo")
         result = {
             "stage": "dpo",

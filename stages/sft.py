@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import mlflow
 from datasets import Dataset
 
 from alignpipe import data, models, templates, tracking, training, trl_api
@@ -40,7 +39,7 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
             peft_config=training.lora_config(cfg.sft.lora),
             callbacks=[tracking.MetricsCallback()],
         )
-        mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
+        tracking.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
         metrics, model_dir = training.fit(trainer, tok, out, "sft")
         result = {
             "stage": "sft",
