@@ -279,3 +279,28 @@ def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
     changed = _weights(dpo["model_path"])  # ZeRO-2 also writes the tied lm_head.weight
     assert set(after) <= set(changed) and any(not torch.equal(after[k], changed[k]) for k in after)
     assert "train_loss" in dpo["metrics"]
+
+
+# -- the integrity check on its own -----------------------------------------------------------------
+
+
+def test_integrity_check_catches_an_empty_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from alignpipe.training import IntegrityError, check_integrity
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate("say hello instruction response ###".split())}}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         vocab_size=8, eos_token_id=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    report = check_integrity(tmp_path, config, tokenizer)
+    assert report["params"] == report["expected_params"] == sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    weights["model.layers.0.mlp.up_proj.weight"] = torch.empty(0)  # what a bad ZeRO-3 save leaves
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(IntegrityError, match="empty tensor model.layers.0.mlp.up_proj.weight"):
+        check_integrity(tmp_path, config, tokenizer)
