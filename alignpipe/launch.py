@@ -38,15 +38,19 @@ def deepspeed_args(cfg: PipelineConfig) -> dict:
 
     On a CPU, accelerate sees no GPU backend and takes DeepSpeed's ranks for one process
     (world size 1: wrong batch sizes, unsharded data, every rank 'main'). So the shared state is
-    set up as multi-CPU over gloo, marked DeepSpeed, and TrainingArguments told to use it."""
+    set up as multi-CPU over gloo, marked DeepSpeed, and TrainingArguments told to use it.
+    Call it before loading models, so ZeRO-3 partitions them as they load."""
     import torch
 
     args = {"deepspeed": cfg.distributed.deepspeed, "use_cpu": False}
     if not torch.cuda.is_available():
         from accelerate.state import AcceleratorState, DistributedType, PartialState
 
+        import deepspeed
+
         AcceleratorState._reset_state(reset_partial_state=True)  # e.g. left by config checks
         PartialState(cpu=True).distributed_type = DistributedType.DEEPSPEED
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)  # zero.Init (ZeRO-3 loads) needs it
         args["accelerator_config"] = {"use_configured_state": True}
     return args
 

@@ -18,6 +18,10 @@ class IntegrityError(RuntimeError):
 
 def stage_dir(cfg: PipelineConfig, stage: str, inputs: dict[str, Any]) -> Path:
     """One folder per distinct set of inputs, so a checkpoint is only ever resumed by the same job."""
+    d = cfg.distributed
+    if d.num_processes > 1 or d.deepspeed:  # a DeepSpeed/N-rank checkpoint only resumes the same setup
+        ds = hashlib.sha256(Path(d.deepspeed).read_bytes()).hexdigest()[:12] if d.deepspeed else None
+        inputs = {**inputs, "distributed": {"num_processes": d.num_processes, "deepspeed": ds}}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = cfg.run_dir / f"{stage}-{digest}"
     out.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) ->
     out = training.stage_dir(cfg, "dpo", inputs)
     with tracking.stage_run(cfg, "dpo", section) as run:
         tok = models.load_tokenizer(sft_model, cfg.model)
+        args = trl_api.make_config("dpo", str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))  # first: under ZeRO-3 the model is partitioned as it loads
         model = models.load_model(sft_model, cfg.model)
-        args = trl_api.make_config("dpo", str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))
         trainer = trl_api.trainer(
             "dpo",
             model=model,  # no ref_model: TRL makes the reference from the same SFT weights

@@ -27,8 +27,8 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
         tok = models.load_tokenizer(base_model, cfg.model)
         if template == "chat" and not tok.chat_template:
             raise models.ModelSourceError(f"{base_model}: has no chat template; set sft.template=alpaca")
+        args = trl_api.make_config("sft", str(out / "checkpoints"), cfg.sft.trl, ours=training.common_args(cfg))  # first: under ZeRO-3 the model is partitioned as it loads
         model = models.load_model(base_model, cfg.model)
-        args = trl_api.make_config("sft", str(out / "checkpoints"), cfg.sft.trl, ours=training.common_args(cfg))
         trainer = trl_api.trainer(
             "sft",
             model=model,
