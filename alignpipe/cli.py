@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from flows.pipeline import STAGES
 
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
     st.add_argument("name", choices=STAGES)
     with_config(st)
+    st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
     with_config(sub.add_parser("run", help="run select -> sft -> dpo -> evaluate",
                                description="Run all stages in order and print the comparison table."))
     return p
@@ -39,9 +41,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from alignpipe import launch
     from alignpipe.config import ConfigError
     from alignpipe.data import DataError
     from alignpipe.models import ModelSourceError
+    from alignpipe.training import IntegrityError
+
+    if launch.in_rank():
+        _prefix_output(f"[rank {launch.rank()}] ")
 
     try:
         cfg = _load_and_validate(args.config, args.overrides)
@@ -53,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             from flows.pipeline import run_stage
 
             result = run_stage(cfg, args.name)
+            if args.result_json:
+                from alignpipe.tracking import write_result
+
+                write_result(Path(args.result_json), result)  # rank 0 only
+            if launch.rank() != 0:
+                return 0
             _report_stage(result)
         else:
             from flows.pipeline import run_pipeline
@@ -64,9 +77,29 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
-    except (DataError, ModelSourceError) as e:
+    except (DataError, ModelSourceError, launch.LaunchError, IntegrityError) as e:
         print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+def _prefix_output(prefix: str) -> None:
+    """In a launched rank, start every line this process prints with its rank."""
+
+    class Prefixed:
+        def __init__(self, stream):
+            self.stream, self.fresh = stream, True
+
+        def write(self, text):
+            out = []
+            for piece in text.splitlines(keepends=True):
+                out.append((prefix if self.fresh else "") + piece)
+                self.fresh = piece.endswith(("\n", "\r"))
+            return self.stream.write("".join(out))
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    sys.stdout, sys.stderr = Prefixed(sys.stdout), Prefixed(sys.stderr)
 
 
 def _load_and_validate(path: str, overrides: list[str]):

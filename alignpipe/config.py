@@ -150,8 +150,13 @@ class EvaluateSection:
 
 @dataclass
 class DistributedSection:
-    num_processes: int = 1
-    deepspeed: str | None = None
+    """More than one process, or a DeepSpeed config, runs sft/dpo through `alignpipe.launch`."""
+
+    num_processes: int = 1  # processes per node (GPUs; on a CPU box, CPU ranks)
+    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. deepspeed_configs/zero3.json
+    launcher: str = "deepspeed"  # deepspeed | accelerate
+    master_port: int = 29500
+    hostfile: str | None = None  # multi-node: DeepSpeed hostfile ("host slots=N" per line)
 
 
 @dataclass
@@ -174,6 +179,7 @@ class PipelineConfig:
     distributed: DistributedSection = field(default_factory=DistributedSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     source: str = field(default="", metadata={"internal": True})  # the YAML file it came from
+    overrides: list[str] = field(default_factory=list, metadata={"internal": True})  # its --set items
 
     # -- derived locations ---------------------------------------------------------------------
     @property
@@ -201,7 +207,23 @@ TEMPLATES = ("alpaca", "chat")
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_MODELS = ("base", "sft", "dpo")
 # Keys whose relative values are file paths, resolved against the YAML file's folder.
-_PATH_KEYS = {"path", "deepspeed", "model_path"}
+_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile"}
+LAUNCHERS = ("deepspeed", "accelerate")
+# DeepSpeed keys that TrainingArguments fills when "auto", and the TRL fields that own them.
+_DS_OWNED = {
+    "train_micro_batch_size_per_gpu": ("per_device_train_batch_size",),
+    "train_batch_size": ("per_device_train_batch_size", "gradient_accumulation_steps"),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps",),
+    "gradient_clipping": ("max_grad_norm",),
+    "bf16.enabled": ("bf16",),
+    "fp16.enabled": ("fp16",),
+    "optimizer.params.lr": ("learning_rate",),
+    "optimizer.params.betas": ("adam_beta1", "adam_beta2"),
+    "optimizer.params.eps": ("adam_epsilon",),
+    "optimizer.params.weight_decay": ("weight_decay",),
+    "scheduler.params.warmup_max_lr": ("learning_rate",),
+    "scheduler.params.warmup_num_steps": ("warmup_steps",),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +265,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     where = source or "config"
     cfg = _build(PipelineConfig, raw, "", problems, where)
     cfg.source = source
+    cfg.overrides = list(overrides or [])
     _check(cfg, problems, where)
     if problems:
         raise ConfigError(problems)
@@ -438,14 +461,62 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
             bad("evaluate.models", f"entries must be among {', '.join(EVAL_MODELS)}, got {m!r}")
     if isinstance(cfg.distributed.num_processes, int) and cfg.distributed.num_processes < 1:
         bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
-    ds = cfg.distributed.deepspeed
-    if ds and not Path(ds).is_file():
-        bad("distributed.deepspeed", f"DeepSpeed config {ds} does not exist")
+    _check_distributed(cfg, bad)
     for section, kind in (("sft", "sft"), ("preference", "dpo")):
         from alignpipe import trl_api
 
         for key, msg in trl_api.check_config(kind, getattr(cfg, section).trl):
             bad(f"{section}.{key}", msg)
+
+
+def _check_distributed(cfg: PipelineConfig, bad) -> None:
+    d = cfg.distributed
+    if d.launcher not in LAUNCHERS:
+        bad("distributed.launcher", f"must be one of {', '.join(LAUNCHERS)}, got {d.launcher!r}")
+    if isinstance(d.master_port, int) and not 1024 <= d.master_port <= 65535:
+        bad("distributed.master_port", f"must be a port between 1024 and 65535, got {d.master_port}")
+    if d.hostfile and not Path(d.hostfile).is_file():
+        bad("distributed.hostfile", f"hostfile {d.hostfile} does not exist")
+    if not d.deepspeed:
+        return
+    ds = load_deepspeed(d.deepspeed)
+    if isinstance(ds, str):
+        bad("distributed.deepspeed", ds)
+        return
+    name = Path(d.deepspeed).name
+    for key, owners in _DS_OWNED.items():
+        value = _dotted(ds, key)
+        if value is None or value == "auto":
+            continue
+        for section in ("sft", "preference"):
+            both = [o for o in owners if o in getattr(cfg, section).trl]
+            if both:
+                bad("distributed.deepspeed", f"{name} sets '{key}' = {value!r} and '{section}.{both[0]}' sets it too: "
+                    f"set in both places; make the DeepSpeed value \"auto\" (TrainingArguments owns it)")
+
+
+def load_deepspeed(path: str) -> dict | str:
+    """The DeepSpeed JSON as a dict, or a one-line problem naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        return f"DeepSpeed config {path} does not exist"
+    try:
+        loaded = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        return f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+    except UnicodeDecodeError as e:
+        return f"{path}: not UTF-8 text (byte {e.start})"
+    if not isinstance(loaded, dict):
+        return f"{path}: a DeepSpeed config must be a JSON object, got {type(loaded).__name__}"
+    return loaded
+
+
+def _dotted(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
 
 
 def _positive(*values: Any) -> bool:

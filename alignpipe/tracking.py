@@ -67,9 +67,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def is_main() -> bool:
+    """Rank 0 of a launched job, or a plain process: the only one that talks to MLflow."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class _NoRun:
+    """What `stage_run` yields on ranks other than 0: a run with no id, nothing logged."""
+
+    class info:
+        run_id = None
+
+
 @contextmanager
 def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage; FAILED (and re-raised) if the stage raises."""
+    """An MLflow run for one stage (rank 0 only); FAILED (and re-raised) if the stage raises."""
+    if not is_main():
+        yield _NoRun()
+        return
     experiment_id = setup(cfg)
     tags = {
         "alignpipe.stage": stage,
@@ -105,11 +120,30 @@ class MetricsCallback(TrainerCallback):
 
 
 def log_json(obj: Any, name: str) -> None:
-    mlflow.log_dict(obj, name)
+    if is_main():
+        mlflow.log_dict(obj, name)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    if is_main():
+        mlflow.log_params(params)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    if is_main():
+        mlflow.log_metrics(metrics)
+
+
+def set_tag(key: str, value: Any) -> None:
+    if is_main():
+        mlflow.set_tag(key, value)
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    """A stage's small result (paths, run id, metrics) written atomically next to its outputs."""
+    """A stage's small result (paths, run id, metrics) written atomically next to its outputs
+    (by rank 0 only)."""
+    if not is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import tempfile
 import types
 import typing
@@ -65,12 +66,19 @@ def check_config(kind: str, user: dict[str, Any]) -> list[tuple[str, str]]:
     return problems + (found or [(", ".join(sorted(typed)), f"TRL {cls.__name__} rejects this combination: {_rejection(kind, typed)}")])
 
 
+_RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _rejection(kind: str, fields: dict[str, Any]) -> str | None:
+    # A trial config inside a launched rank must not set up torch.distributed: hide the rank env.
+    hidden = {k: os.environ.pop(k) for k in _RANK_ENV if k in os.environ}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             make_config(kind, tmp, fields)
     except (TypeError, ValueError) as e:
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    finally:
+        os.environ.update(hidden)
     return None
 
 

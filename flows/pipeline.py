@@ -2,6 +2,8 @@
 
 Stages pass only paths, run ids and metrics to each other; each stage's result is also kept
 under the state dir (`<state>/runs/<experiment>/<stage>.json`) so one stage can be run alone.
+With `distributed.num_processes > 1` or a DeepSpeed config, sft and dpo run as launched jobs
+(`alignpipe.launch`), each rank running `alignpipe stage NAME` on these same results.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from stages.select import run_select
     from stages.sft import run_sft
 
+    from alignpipe import launch
+
     selected = run_select(cfg) if not cfg.sft.model_path else None
     base = cfg.sft.model_path or selected["model_path"]
-    sft = run_sft(cfg, base)
-    dpo = run_dpo(cfg, sft["model_path"], sft["template"])
+    if launch.wanted(cfg):  # ranks read select.json / sft.json, just written, like `alignpipe stage`
+        sft = launch.run(cfg, "sft")
+        dpo = launch.run(cfg, "dpo")
+    else:
+        sft = run_sft(cfg, base)
+        dpo = run_dpo(cfg, sft["model_path"], sft["template"])
     paths = {"base": base, "sft": sft["model_path"], "dpo": dpo["model_path"]}
     evaluation = run_evaluate(cfg, {k: v for k, v in paths.items() if k in cfg.evaluate.models}, sft["template"])
     return {"select": selected, "sft": sft, "dpo": dpo, "evaluate": evaluation}
@@ -38,6 +46,8 @@ def run_stage(cfg: PipelineConfig, name: str) -> dict:
     from stages.select import run_select
     from stages.sft import run_sft
 
+    from alignpipe import launch
+
     def upstream(stage: str) -> dict:
         found = previous_result(cfg, stage)
         if found is None:
@@ -47,6 +57,12 @@ def run_stage(cfg: PipelineConfig, name: str) -> dict:
 
     if name == "select":
         return run_select(cfg)
+    if name in ("sft", "dpo") and launch.wanted(cfg):
+        if name == "sft" and not cfg.sft.model_path:
+            upstream("select")  # prerequisites run here, once, before any rank starts
+        if name == "dpo" and not cfg.preference.model_path:
+            upstream("sft")
+        return launch.run(cfg, name)
     if name == "sft":
         return run_sft(cfg, cfg.sft.model_path or upstream("select")["model_path"])
     if name == "dpo":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import mlflow
 from datasets import Dataset
 
 from alignpipe import data, models, templates, tracking, training, trl_api
@@ -25,8 +24,8 @@ def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) ->
     out = training.stage_dir(cfg, "dpo", inputs)
     with tracking.stage_run(cfg, "dpo", section) as run:
         tok = models.load_tokenizer(sft_model, cfg.model)
+        args = trl_api.make_config("dpo", str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))  # first: under ZeRO-3 the model is partitioned as it loads
         model = models.load_model(sft_model, cfg.model)
-        args = trl_api.make_config("dpo", str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))
         trainer = trl_api.trainer(
             "dpo",
             model=model,  # no ref_model: TRL makes the reference from the same SFT weights
@@ -37,7 +36,7 @@ def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) ->
             peft_config=training.lora_config(cfg.preference.lora),
             callbacks=[tracking.MetricsCallback()],
         )
-        mlflow.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
+        tracking.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
         metrics, model_dir = training.fit(trainer, tok, out, "dpo")
         result = {
             "stage": "dpo",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import mlflow
 from datasets import Dataset
 
 from alignpipe import data, models, templates, tracking, training, trl_api
@@ -28,8 +27,8 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
         tok = models.load_tokenizer(base_model, cfg.model)
         if template == "chat" and not tok.chat_template:
             raise models.ModelSourceError(f"{base_model}: has no chat template; set sft.template=alpaca")
+        args = trl_api.make_config("sft", str(out / "checkpoints"), cfg.sft.trl, ours=training.common_args(cfg))  # first: under ZeRO-3 the model is partitioned as it loads
         model = models.load_model(base_model, cfg.model)
-        args = trl_api.make_config("sft", str(out / "checkpoints"), cfg.sft.trl, ours=training.common_args(cfg))
         trainer = trl_api.trainer(
             "sft",
             model=model,
@@ -40,7 +39,7 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
             peft_config=training.lora_config(cfg.sft.lora),
             callbacks=[tracking.MetricsCallback()],
         )
-        mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
+        tracking.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
         metrics, model_dir = training.fit(trainer, tok, out, "sft")
         result = {
             "stage": "sft",

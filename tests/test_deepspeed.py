@@ -1,0 +1,306 @@
+"""DeepSpeed ZeRO: the shipped JSONs against transformers, the launcher, bad input, and real 2-rank
+ZeRO-3 SFT / ZeRO-2 DPO jobs on the CPU (gloo). Deselect locally with `-m 'not deepspeed'`.
+
+The first real run compiles DeepSpeed's `fused_adam` and `shm_comm` ops (~2 min each on 2 cores)
+into <repo>/.alignpipe/cache/torch_extensions; later runs reuse them.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from alignpipe import launch
+from alignpipe.config import ConfigError, load_config
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.deepspeed
+
+TINY = "configs/tiny.yaml"
+DS = ROOT / "deepspeed_configs"
+SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
+FAST = [
+    f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+    "select.perplexity_rows=16",
+    "select.generation_rows=8",
+    "data.validation_rows=16",
+    "sft.max_steps=4",
+    "sft.save_steps=100",
+    "sft.logging_steps=2",
+    "preference.max_steps=4",
+    "preference.save_steps=100",
+    "preference.logging_steps=2",
+    "distributed.num_processes=2",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the shipped JSONs through transformers' own DeepSpeed integration --------------------------
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero2_offload", "zero3_offload"])
+def test_deepspeed_json_fills_from_training_arguments(name, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    path = DS / f"{name}.json"
+    raw = json.loads(path.read_text())
+    assert raw["train_micro_batch_size_per_gpu"] == raw["gradient_accumulation_steps"] == raw["gradient_clipping"] == "auto"
+    assert raw["bf16"]["enabled"] == raw["fp16"]["enabled"] == "auto"
+    assert set(raw["optimizer"]["params"].values()) == {"auto"}
+    assert raw["zero_optimization"]["reduce_bucket_size"] == "auto"
+    if "zero3" in name:
+        assert raw["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3, gradient_accumulation_steps=2,
+                             max_grad_norm=0.5, learning_rate=1e-4, weight_decay=0.01, warmup_steps=2, report_to="none")
+    hf = HfTrainerDeepSpeedConfig(str(path))
+    hf.trainer_config_process(args)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, vocab_size=100))
+    hf.trainer_config_finalize(args, model, num_training_steps=10)  # raises on any mismatch
+    c = hf.config
+    assert not hf.mismatches
+    assert c["train_micro_batch_size_per_gpu"] == 3 and c["gradient_accumulation_steps"] == 2 and c["gradient_clipping"] == 0.5
+    assert c["train_batch_size"] == 3 * 2 * args.world_size
+    assert c["optimizer"]["params"]["lr"] == 1e-4 and c["optimizer"]["params"]["weight_decay"] == 0.01
+    assert c["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    assert c["bf16"]["enabled"] is False and c["fp16"]["enabled"] is False
+    assert "auto" not in json.dumps(c), c
+    assert hf.is_zero3() == ("zero3" in name) and hf.is_offload() == ("offload" in name)
+
+
+def test_deepspeed_json_in_training_arguments():
+    """TrainingArguments(deepspeed=...) for real; in a subprocess, as it sets up torch.distributed."""
+    import subprocess
+
+    code = ("from transformers import TrainingArguments; import tempfile; "
+            f"a = TrainingArguments(output_dir=tempfile.mkdtemp(), deepspeed={str(DS / 'zero3.json')!r}, per_device_train_batch_size=2, "
+            "report_to='none'); print(a.hf_deepspeed_config.config['train_micro_batch_size_per_gpu'])")
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "2", proc.stdout + proc.stderr
+
+
+# -- the launcher ---------------------------------------------------------------------------------
+
+
+def _cfg(*extra):
+    return load_config(ROOT / TINY, list(extra))
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_deepspeed_command(n):
+    cfg = _cfg(f"distributed.num_processes={n}", "distributed.deepspeed=deepspeed_configs/zero3.json", "distributed.master_port=29611")
+    cmd = launch.command(cfg, "sft", "configs/tiny.yaml", ["sft.max_steps=4"], "/tmp/r.json")
+    assert Path(cmd[0]).name == "deepspeed"
+    assert cmd[1:] == ["--num_gpus", str(n), "--master_port", "29611", "--no_local_rank", "--module", "alignpipe.cli", "stage", "sft",
+                       "configs/tiny.yaml", "--set", "sft.max_steps=4", "--result-json", "/tmp/r.json"]
+
+
+def test_deepspeed_command_with_hostfile(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("node1 slots=8\nnode2 slots=8\n")
+    cfg = _cfg("distributed.num_processes=8", f"distributed.hostfile={hosts}", "distributed.deepspeed=deepspeed_configs/zero3.json")
+    cmd = launch.command(cfg, "dpo", "r.yaml", [], "/tmp/r.json")
+    assert cmd[1:8] == ["--num_gpus", "8", "--master_port", "29500", "--hostfile", str(hosts), "--no_local_rank"]
+    acc = launch.command(load_config(ROOT / TINY, ["distributed.launcher=accelerate", "distributed.num_processes=8", f"distributed.hostfile={hosts}",
+                                                   "distributed.deepspeed=deepspeed_configs/zero3.json"]), "dpo", "r.yaml", [], "/tmp/r.json")
+    assert ["--deepspeed_hostfile", str(hosts)] == acc[acc.index("--deepspeed_hostfile"):][:2]
+    assert acc[acc.index("--num_processes"):][:4] == ["--num_processes", "16", "--num_machines", "2"]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_accelerate_command(n):
+    cfg = _cfg("distributed.launcher=accelerate", f"distributed.num_processes={n}", "distributed.deepspeed=deepspeed_configs/zero2.json")
+    cmd = launch.command(cfg, "sft", "configs/tiny.yaml", [], "/tmp/r.json")
+    assert Path(cmd[0]).name == "accelerate"
+    assert cmd[1:] == ["launch", "--use_deepspeed", "--deepspeed_config_file", cfg.distributed.deepspeed, "--num_processes", str(n),
+                       "--num_machines", "1", "--main_process_port", "29500", "-m", "alignpipe.cli", "stage", "sft", "configs/tiny.yaml",
+                       "--result-json", "/tmp/r.json"]
+
+
+def test_when_to_launch(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert not launch.wanted(_cfg())
+    assert launch.wanted(_cfg("distributed.num_processes=2"))
+    assert launch.wanted(_cfg("distributed.deepspeed=deepspeed_configs/zero2.json"))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not launch.wanted(_cfg("distributed.num_processes=2"))  # already a rank: run in process
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "pids"
+    child = f"import os,time; open({str(pidfile)!r},'a').write(str(os.getpid())+'\\n'); print('child up', flush=True); time.sleep(600)"
+    parent = f"import subprocess,sys,time; subprocess.Popen([sys.executable,'-c',{child!r}]); print('parent up', flush=True); time.sleep(600)"
+    lines = []
+    started = time.monotonic()
+    with pytest.raises(launch.LaunchError, match="timed out"):
+        launch.stream([sys.executable, "-c", parent], None, timeout=3, echo=lines.append)
+    assert time.monotonic() - started < 20
+    assert "parent up" in lines and "child up" in lines
+    pid = int(pidfile.read_text().split()[0])
+    time.sleep(0.5)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX"  # gone, or a zombie awaiting its reaper
+
+
+def test_port_in_use_is_one_line_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError) as e:
+            launch.check_port(port)
+    assert len(e.value.problems) == 1 and f"port {port} is in use" in e.value.problems[0]
+
+
+# -- bad input through the CLI: exit 1, one line, before any rank starts ----------------------------
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds_bad")
+    (d / "malformed.json").write_text('{"zero_optimization": {"stage": 3,}\n}')
+    (d / "both.json").write_text('{"train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0}')
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    env = {"ALIGNPIPE_HOME": str(d / "state")}
+    cases = {
+        "missing": ["validate", TINY, "--set", f"distributed.deepspeed={d / 'nope.json'}"],
+        "malformed": ["validate", TINY, "--set", f"distributed.deepspeed={d / 'malformed.json'}"],
+        "both": ["validate", TINY, "--set", f"distributed.deepspeed={d / 'both.json'}", "--set", "sft.max_grad_norm=0.5"],
+        "zero": ["validate", TINY, "--set", "distributed.num_processes=0"],
+        "busy": ["stage", "sft", TINY, "--set", "sft.model_path=./data", "--set", "distributed.num_processes=2",
+                 "--set", f"distributed.master_port={port}"],
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(run_cli, *args, env=env) for k, args in cases.items()}
+        results = {k: f.result() for k, f in futures.items()}
+    busy.close()
+    return {"dir": d, "port": port, **results}
+
+
+def _one_line(proc, *parts):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("error:") for ln in lines), proc.stderr
+    assert any(all(p in ln for p in parts) for ln in lines), (parts, proc.stderr)
+    assert "launching" not in out
+
+
+def test_missing_deepspeed_json(bad):
+    _one_line(bad["missing"], "nope.json", "does not exist")
+
+
+def test_malformed_deepspeed_json(bad):
+    _one_line(bad["malformed"], "malformed.json", "invalid JSON at line 1 column 35")
+
+
+def test_value_set_in_both_places(bad):
+    _one_line(bad["both"], "both.json", "'train_micro_batch_size_per_gpu'", "sft.per_device_train_batch_size", "set in both places")
+    _one_line(bad["both"], "'gradient_clipping'", "sft.max_grad_norm", "set in both places")
+
+
+def test_impossible_process_count(bad):
+    _one_line(bad["zero"], "distributed.num_processes", ">= 1")
+
+
+def test_port_in_use(bad):
+    _one_line(bad["busy"], f"port {bad['port']} is in use")
+
+
+# -- the real thing: 2 CPU ranks --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranks_state(tmp_path_factory):
+    state = tmp_path_factory.mktemp("ds_state")
+    proc = run_cli("stage", "select", TINY, *sum((["--set", s] for s in FAST), []), env={"ALIGNPIPE_HOME": str(state)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return state
+
+
+def _stage_runs(state: Path, stage: str):
+    mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["tiny"], filter_string=f"tags.`alignpipe.stage` = '{stage}'", output_format="list")
+
+
+def _weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in Path(path).glob("*.safetensors"):
+        out.update(load_file(str(f)))
+    return out
+
+
+def _launched(state, stage, zero):
+    started = time.monotonic()
+    proc = run_cli("stage", stage, TINY, *sum((["--set", s] for s in FAST), []), "--set", f"distributed.deepspeed=deepspeed_configs/{zero}.json",
+                   "--set", f"distributed.master_port={_free_port()}", env={"ALIGNPIPE_HOME": str(state)}, timeout=1500)
+    out = proc.stdout + proc.stderr
+    print(f"{stage} {zero}: {time.monotonic() - started:.0f}s")
+    assert proc.returncode == 0, out[-6000:]
+    assert "[rank 0]" in out and "[rank 1]" in out  # both ranks' output came through
+    assert f"{stage}: integrity OK" in out
+    return json.loads((state / "runs" / "tiny" / f"{stage}.json").read_text()), out
+
+
+def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
+    select = json.loads((ranks_state / "runs" / "tiny" / "select.json").read_text())
+    sft, _ = _launched(ranks_state, "sft", "zero3")
+    runs = _stage_runs(ranks_state, "sft")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == sft["run_id"]
+    before, after = _weights(select["model_path"]), _weights(sft["model_path"])
+    assert before.keys() == after.keys() and all(before[k].shape == after[k].shape and after[k].numel() for k in after)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert "integrity.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(sft["run_id"])}
+
+    dpo, _ = _launched(ranks_state, "dpo", "zero2")
+    runs = _stage_runs(ranks_state, "dpo")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == dpo["run_id"]
+    assert dpo["reference_model"] == sft["model_path"]
+    changed = _weights(dpo["model_path"])  # ZeRO-2 also writes the tied lm_head.weight
+    assert set(after) <= set(changed) and any(not torch.equal(after[k], changed[k]) for k in after)
+    assert "train_loss" in dpo["metrics"]
+
+
+# -- the integrity check on its own -----------------------------------------------------------------
+
+
+def test_integrity_check_catches_an_empty_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from alignpipe.training import IntegrityError, check_integrity
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate("say hello instruction response ###".split())}}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         vocab_size=8, eos_token_id=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    report = check_integrity(tmp_path, config, tokenizer)
+    assert report["params"] == report["expected_params"] == sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    weights["model.layers.0.mlp.up_proj.weight"] = torch.empty(0)  # what a bad ZeRO-3 save leaves
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(IntegrityError, match="empty tensor model.layers.0.mlp.up_proj.weight"):
+        check_integrity(tmp_path, config, tokenizer)
