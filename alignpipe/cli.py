@@ -111,10 +111,10 @@ def _load_and_validate(path: str, overrides: list[str]):
     problems = []
     for kind, src in (("sft", cfg.data.sft), ("preference", cfg.data.preference), ("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)):
         if src.path:
-            found = data.problems(kind, src.path)
+            rows, found = data.problems(kind, src.path)
             problems.extend(found)
             if not found:
-                print(f"{src.path}: {len(data.read_records(src.path))} rows ({kind})")
+                print(f"{src.path}: {rows} rows ({kind})")
     if problems:
         raise ConfigError(problems)
     return cfg

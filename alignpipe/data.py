@@ -140,12 +140,12 @@ def load(kind: str, path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def problems(kind: str, path: str | Path, limit: int = 20) -> list[str]:
-    """Every problem in a data file (up to `limit`), without stopping at the first."""
+def problems(kind: str, path: str | Path, limit: int = 20) -> tuple[int, list[str]]:
+    """(rows read, every problem up to `limit`) for a data file, without stopping at the first."""
     try:
         records = read_records(path)
     except DataError as e:
-        return [str(e)]
+        return 0, [str(e)]
     found = []
     for line, rec in records:
         try:
@@ -155,7 +155,7 @@ def problems(kind: str, path: str | Path, limit: int = 20) -> list[str]:
             if len(found) >= limit:
                 found.append(f"{path}: (stopped after {limit} problems)")
                 break
-    return found
+    return len(records), found
 
 
 def row_key(row: dict[str, str]) -> str:
