@@ -95,7 +95,8 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
         "over_refusal": _mean(safe),
     }
     if pairs:
-        chosen, rejected = _pair_logprobs(path, cfg, template, pairs, model, tok)
+        is_reference = name == "sft" and reference is not None  # already scored as the reference
+        chosen, rejected = reference if is_reference else _pair_logprobs(path, cfg, template, pairs, model, tok)
         diffs = [c - r for c, r in zip(chosen, rejected)]
         metrics["pref_accuracy"] = _mean([d > 0 for d in diffs])
         metrics["pref_margin"] = round(sum(diffs) / len(diffs), 4)
