@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.pipeline import STAGES
+STAGES = ("select", "sft", "dpo", "evaluate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +33,26 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("name", choices=STAGES)
     with_config(st)
     st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
-    with_config(sub.add_parser("run", help="run select -> sft -> dpo -> evaluate",
-                               description="Run all stages in order and print the comparison table."))
+    run = with_config(sub.add_parser("run", help="run the Prefect flow `pipeline`: select -> sft -> dpo -> evaluate -> gate",
+                                     description="Run the whole pipeline as the Prefect flow `pipeline` (a local temporary Prefect "
+                                                 "server unless PREFECT_API_URL is set), then print the comparison table. "
+                                                 "Stages whose inputs are unchanged are reused, not re-run."))
+    run.add_argument("--sft-only", action="store_true", help="select -> sft -> evaluate (no preference stage)")
+    cmp = sub.add_parser("compare", help="base / SFT-only / DPO table from MLflow, plot logged",
+                         description="One table of the newest evaluation of each model (base, SFT-only, DPO, ...) on the same "
+                                     "suite, read from MLflow; the table and a PNG plot are logged to a `compare` run.")
+    cmp.add_argument("config", nargs="?", help="recipe whose experiment and tracking URI to use")
+    cmp.add_argument("--experiment", help="MLflow experiment (default: the recipe's, else 'tiny')")
+    for name, text in (("up", "start Prefect + MLflow servers and serve the deployments (127.0.0.1)"),
+                       ("down", "stop what `up` started"), ("status", "tell what is running")):
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("--home", help="state dir (default: $ALIGNPIPE_HOME or ./.alignpipe)")
+        if name == "up":
+            sp.add_argument("--prefect-port", type=int, default=4200)
+            sp.add_argument("--mlflow-port", type=int, default=5000)
+            sp.add_argument("--config", default="configs/tiny.yaml", help="the deployments' default recipe")
+            sp.add_argument("--retrain-cron", help='schedule `pipeline/full` on this cron, e.g. "0 3 * * 0" (default: off, '
+                                                   'or the recipe\'s orchestration.retrain_cron)')
     return p
 
 
@@ -50,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     if launch.in_rank():
         _prefix_output(f"[rank {launch.rank()}] ")
 
+    if args.command in ("up", "down", "status"):
+        return _servers(args)
+    _prefect_defaults()
     try:
-        cfg = _load_and_validate(args.config, args.overrides)
+        if args.command == "compare":
+            return _compare(args)
+        cfg = load_and_validate(args.config, args.overrides)
         if args.command == "validate":
             print(f"{args.config}: OK")
             return 0
@@ -68,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             _report_stage(result)
         else:
-            from flows.pipeline import run_pipeline
+            from flows.pipeline import pipeline
 
-            result = run_pipeline(cfg)
+            result = pipeline(config=args.config, overrides=args.overrides, preference=not args.sft_only)
             _report_pipeline(result)
         print(f"done in {time.time() - started:.0f}s; MLflow: {cfg.tracking_uri} (experiment '{cfg.experiment}')")
         return 0
@@ -80,6 +103,51 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelSourceError, launch.LaunchError, IntegrityError) as e:
         print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+def _prefect_defaults() -> None:
+    """Prefect state under the project's state dir, and a patient temporary server."""
+    home = Path(os.environ.get("ALIGNPIPE_HOME") or ".alignpipe").resolve()
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _servers(args) -> int:
+    from alignpipe import servers
+
+    home = servers.home_dir(args.home)
+    if args.command == "up":
+        try:
+            u = servers.up(home, args.prefect_port, args.mlflow_port, args.config, args.retrain_cron)
+        except servers.ServerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"Prefect UI: {u['prefect']}\nMLflow UI:  {u['mlflow']}\nstate:      {home}")
+        print(f"deployments pipeline/full and pipeline/sft-only are served. In this shell run:\n"
+              f"  export PREFECT_API_URL={u['PREFECT_API_URL']} MLFLOW_TRACKING_URI={u['mlflow']}\n"
+              f"  prefect deployment run pipeline/full --watch")
+        return 0
+    if args.command == "down":
+        stopped = servers.down(home)
+        print("stopped " + ", ".join(stopped) if stopped else f"nothing running under {home}")
+        return 0
+    running = servers.status(home)
+    for name, s in running.items():
+        state = f"running (pid {s['pid']})" if s["alive"] else "stopped"
+        print(f"{name:8} {state}" + (f"  {s['url']}" if s["alive"] and s["url"] else "") + f"  log: {s['log']}")
+    return 0 if all(s["alive"] for s in running.values()) else 3
+
+
+def _compare(args) -> int:
+    from alignpipe import compare
+    from alignpipe.config import PipelineConfig, load_config
+
+    cfg = load_config(args.config) if args.config else PipelineConfig(experiment="tiny")
+    experiment = args.experiment or cfg.experiment
+    print(compare.report(experiment, cfg.tracking_uri))
+    return 0
 
 
 def _prefix_output(prefix: str) -> None:
@@ -102,7 +170,7 @@ def _prefix_output(prefix: str) -> None:
     sys.stdout, sys.stderr = Prefixed(sys.stdout), Prefixed(sys.stderr)
 
 
-def _load_and_validate(path: str, overrides: list[str]):
+def load_and_validate(path: str, overrides: list[str]):
     """The config and every data file it names, checked together; ConfigError lists all problems."""
     from alignpipe import data
     from alignpipe.config import ConfigError, load_config
@@ -139,12 +207,20 @@ def _report_pipeline(results: dict) -> None:
     if results.get("select"):
         print(f"select: {results['select']['reason']}")
     metrics = results["evaluate"]["metrics"]
-    print("\nEvaluation on the frozen suite (held-out prompts and pairs):")
+    print("\nEvaluation on the frozen suite (held-out prompts and pairs), this run:")
     print(format_table(metrics))
-    for better, worse in (("sft", "base"), ("dpo", "sft")):
-        if better in metrics and worse in metrics:
+    final = results["final"]["stage"]
+    for better, worse in (("sft", "base"), (final, "sft")):
+        if better != worse and better in metrics and worse in metrics:
             up, down = wins(metrics[better], metrics[worse])
             print(f"{better} vs {worse}: better on {len(up)} ({', '.join(up) or '-'}), worse on {len(down)} ({', '.join(down) or '-'})")
+    gate = results["gate"]
+    if gate.get("passed") is not None:
+        reg = gate.get("registered") or {}
+        print(f"gate: {'passed' if gate['passed'] else 'failed'} ({final} vs {gate['baseline']})"
+              + (f"; registered {reg['name']} v{reg['version']}" + (f", alias {reg['alias']}" if reg.get("alias") else "") if reg else ""))
+    print("\nComparison from MLflow (alignpipe compare):")
+    print(results["comparison"])
 
 
 if __name__ == "__main__":

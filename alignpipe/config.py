@@ -161,8 +161,43 @@ class DistributedSection:
 
 @dataclass
 class TrackingSection:
-    uri: str | None = None  # default: sqlite under the state dir
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite under the state dir
     report_to: list[str] = field(default_factory=list)  # extra trainer integrations, e.g. wandb
+    log_model_weights: bool = True  # copy each produced model's files into the MLflow artifact store
+
+
+@dataclass
+class StagePolicy:
+    """How the Prefect flow runs one stage. A retry of a training stage resumes from its last
+    checkpoint; a timeout stops the stage (a launched job's whole process group is killed)."""
+
+    retries: int = 0
+    retry_delay_seconds: int = 30
+    timeout_seconds: int | None = None
+
+
+@dataclass
+class OrchestrationSection:
+    select: StagePolicy = field(default_factory=StagePolicy)
+    self_instruct: StagePolicy = field(default_factory=StagePolicy)
+    sft: StagePolicy = field(default_factory=StagePolicy)
+    reward: StagePolicy = field(default_factory=StagePolicy)
+    preference: StagePolicy = field(default_factory=StagePolicy)
+    evaluate: StagePolicy = field(default_factory=StagePolicy)
+    retrain_cron: str | None = None  # e.g. "0 3 * * 0": `pipeline/full` retrains on this schedule when served
+
+
+@dataclass
+class PromoteSection:
+    """The gate before the final model gets the registry alias `champion`: on every listed
+    metric it must match or beat `baseline` (within `tolerance`), on the same evaluation run."""
+
+    enabled: bool = True
+    model_name: str | None = None  # registry name; default: the experiment name
+    baseline: str = "sft"  # a model label of the evaluation; sft-only runs compare with base
+    metrics: list[str] = field(default_factory=lambda: ["pref_accuracy", "acc_seen", "refusal_rate"])
+    tolerance: float = 0.0  # allowed shortfall per metric, in the metric's own units
+    alias: str = "champion"
 
 
 @dataclass
@@ -178,6 +213,8 @@ class PipelineConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    orchestration: OrchestrationSection = field(default_factory=OrchestrationSection)
+    promote: PromoteSection = field(default_factory=PromoteSection)
     source: str = field(default="", metadata={"internal": True})  # the YAML file it came from
     overrides: list[str] = field(default_factory=list, metadata={"internal": True})  # its --set items
 
@@ -192,7 +229,7 @@ class PipelineConfig:
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
+        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.state_path / 'mlflow.db'}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -462,6 +499,7 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     if isinstance(cfg.distributed.num_processes, int) and cfg.distributed.num_processes < 1:
         bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
     _check_distributed(cfg, bad)
+    _check_orchestration(cfg, bad)
     for section, kind in (("sft", "sft"), ("preference", "dpo")):
         from alignpipe import trl_api
 
@@ -493,6 +531,33 @@ def _check_distributed(cfg: PipelineConfig, bad) -> None:
             if both:
                 bad("distributed.deepspeed", f"{name} sets '{key}' = {value!r} and '{section}.{both[0]}' sets it too: "
                     f"set in both places; make the DeepSpeed value \"auto\" (TrainingArguments owns it)")
+
+
+def _check_orchestration(cfg: PipelineConfig, bad) -> None:
+    o = cfg.orchestration
+    for f in dataclasses.fields(o):
+        policy = getattr(o, f.name)
+        if not isinstance(policy, StagePolicy):
+            continue
+        for key in ("retries", "retry_delay_seconds"):
+            v = getattr(policy, key)
+            if isinstance(v, int) and v < 0:
+                bad(f"orchestration.{f.name}.{key}", f"must be >= 0, got {v}")
+        t = policy.timeout_seconds
+        if isinstance(t, int) and t <= 0:
+            bad(f"orchestration.{f.name}.timeout_seconds", f"must be a positive number of seconds (or null for none), got {t}")
+    if o.retrain_cron:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=o.retrain_cron)
+        except Exception:
+            bad("orchestration.retrain_cron", f"is not a valid cron string: {o.retrain_cron!r} (e.g. \"0 3 * * 0\": Sundays 03:00)")
+    p = cfg.promote
+    if isinstance(p.tolerance, float) and p.tolerance < 0:
+        bad("promote.tolerance", f"must be >= 0, got {p.tolerance}")
+    if p.enabled and not p.metrics:
+        bad("promote.metrics", "is empty: list the evaluation metrics the gate compares (or set promote.enabled=false)")
 
 
 def load_deepspeed(path: str) -> dict | str:

@@ -1,4 +1,10 @@
-"""MLflow: one run per stage, with its config, a reproducibility record, metrics and artifacts."""
+"""MLflow: one run per stage, with its config, a reproducibility record, metrics and artifacts.
+
+Lineage: a pipeline run is a parent run (its id travels in $ALIGNPIPE_PARENT_RUN_ID, so launched
+ranks see it too) with one child run per stage. Each stage run records the datasets it read
+(`log_dataset`: source, digest, context) and the models it read (`log_model_input`); each model a
+stage produces is an MLflow logged model (`log_model`) whose source run is that stage run.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +23,7 @@ from transformers import TrainerCallback
 
 from alignpipe.config import PipelineConfig
 
+PARENT_ENV = "ALIGNPIPE_PARENT_RUN_ID"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "mlflow", "prefect", "alignpipe")
 
 
@@ -72,6 +80,9 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+_active_cfg: PipelineConfig | None = None  # the config of the stage run in progress
+
+
 class _NoRun:
     """What `stage_run` yields on ranks other than 0: a run with no id, nothing logged."""
 
@@ -91,8 +102,11 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
         "alignpipe.config_digest": cfg.digest(),
         "alignpipe.config_file": cfg.source,
     }
+    global _active_cfg
+    _active_cfg = cfg
     started = time.time()
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags)
+    parent = os.environ.get(PARENT_ENV) or None
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, parent_run_id=parent, nested=bool(parent))
     try:
         params = {k: str(v)[:6000] for k, v in _flatten(section).items()}
         params["seed"] = cfg.seed
@@ -108,6 +122,44 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
     mlflow.end_run(status="FINISHED")
 
 
+@contextmanager
+def pipeline_run(cfg: PipelineConfig, tags: dict[str, str]) -> Iterator[str]:
+    """The parent MLflow run of one pipeline run; stage runs started inside become its children.
+
+    Yields the parent run id; the run ends FAILED (and the error propagates) if anything raises."""
+    experiment_id = setup(cfg)
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name="pipeline", tags={**tags, "alignpipe.stage": "pipeline"})
+    run_id = run.info.run_id
+    previous = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = run_id
+    started = time.time()
+    status = "FAILED"
+    try:
+        client.log_dict(run_id, cfg.to_dict(), "config.json")
+        client.log_dict(run_id, environment(), "environment.json")
+        client.log_param(run_id, "seed", cfg.seed)
+        yield run_id
+        status = "FINISHED"
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
+        client.log_metric(run_id, "wall_seconds", round(time.time() - started, 2))
+        client.set_terminated(run_id, status)
+
+
+def link_stage(stage: str, run_id: str | None, cached: bool) -> None:
+    """On the pipeline's parent run: which MLflow run holds this stage's result (a cached stage's
+    run is the one that first produced it)."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent and run_id:
+        client = mlflow.MlflowClient()
+        client.set_tag(parent, f"alignpipe.run.{stage}", run_id)
+        client.set_tag(parent, f"alignpipe.cached.{stage}", str(cached).lower())
+
+
 class MetricsCallback(TrainerCallback):
     """Send the trainer's logged numbers to the active MLflow run (main process only)."""
 
@@ -117,6 +169,101 @@ class MetricsCallback(TrainerCallback):
         numbers = {k.replace("/", "_"): float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numbers:
             mlflow.log_metrics(numbers, step=state.global_step)
+
+
+def log_dataset(path: str, context: str, digest: str | None = None, rows: int | None = None) -> None:
+    """Record a dataset the active stage run read: its source, content digest and role
+    (context: train, eval, preference, ...). Nothing is uploaded."""
+    if not is_main() or not path:
+        return
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from alignpipe.data import file_digest
+
+    local = Path(path).exists()
+    source = str(Path(path).resolve()) if local else path
+    digest = digest or (file_digest(path) if local and Path(path).is_file() else None)
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": it is a local file
+        warnings.simplefilter("ignore")
+        src = resolve_dataset_source(source)
+    ds = MetaDataset(src, name=Path(path).name, digest=digest[:32] if digest else None)  # MLflow keeps <= 36 chars
+    tags = {"sha256": digest} if digest else {}
+    if rows is not None:
+        tags["rows"] = str(rows)
+    mlflow.log_input(ds, context=context, tags=tags or None)
+
+
+MODEL_PATH_TAG = "alignpipe.model_path"
+
+
+def log_model(model_dir: str | Path, name: str, params: dict[str, Any] | None = None) -> str | None:
+    """Log a model the active stage run produced as an MLflow logged model (its source run is
+    this run), with its files unless `tracking.log_model_weights` is off. Returns the model id."""
+    if not is_main():
+        return None
+    weights = _active_cfg is None or _active_cfg.tracking.log_model_weights
+    from mlflow.entities import LoggedModelOutput
+
+    run_id = mlflow.active_run().info.run_id
+    model = mlflow.initialize_logged_model(
+        name=name, source_run_id=run_id, model_type="transformers",
+        tags={MODEL_PATH_TAG: str(model_dir)}, params={k: str(v) for k, v in (params or {}).items()},
+        experiment_id=mlflow.active_run().info.experiment_id,
+    )
+    client = mlflow.MlflowClient()
+    try:
+        if weights and Path(model_dir).is_dir():
+            client.log_model_artifacts(model.model_id, str(model_dir))
+    except BaseException:
+        mlflow.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    mlflow.set_tag(f"alignpipe.output_model.{name}", model.model_id)
+    return model.model_id
+
+
+def find_model(model_path: str, experiment_id: str | None = None) -> str | None:
+    """The newest READY logged model of the experiment (default: the active run's) saved at
+    `model_path`, or None."""
+    if experiment_id is None:
+        run = mlflow.active_run()
+        if run is None:
+            return None
+        experiment_id = run.info.experiment_id
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{MODEL_PATH_TAG}` = '{model_path}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}], output_format="list",
+    )
+    ready = [m for m in found if str(m.status).endswith("READY")]
+    produced = [m for m in ready if m.tags.get("alignpipe.external") != "true"]  # prefer the stage output over a reference
+    best = produced or ready
+    return best[0].model_id if best else None
+
+
+def log_model_input(model_path: str, role: str) -> str | None:
+    """Record a model the active stage run read (role: base, reference, policy, scored:<name>).
+
+    A model an earlier stage logged is linked by id; any other (a hub id, a local dir) is first
+    logged as an external model (a reference, no weights). Returns the model id."""
+    if not is_main():
+        return None
+    from mlflow.entities import LoggedModelInput
+
+    model_id = find_model(str(model_path))
+    if model_id is None:
+        run = mlflow.active_run()
+        p = Path(str(model_path))
+        ext = mlflow.initialize_logged_model(
+            name=(p.parent.name if p.name == "model" else p.name).replace(".", "-") or "model", source_run_id=run.info.run_id,
+            model_type="transformers", tags={MODEL_PATH_TAG: str(model_path), "alignpipe.external": "true"},
+            experiment_id=run.info.experiment_id,
+        )
+        model_id = mlflow.finalize_logged_model(ext.model_id, "READY").model_id
+    mlflow.log_input(model=LoggedModelInput(model_id))
+    mlflow.set_tag(f"alignpipe.input_model.{role}", model_id)
+    return model_id
 
 
 def log_json(obj: Any, name: str) -> None:

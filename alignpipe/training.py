@@ -174,4 +174,5 @@ def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Pa
         report = check_integrity(model_dir, config, tokenizer)
         print(f"{stage}: integrity OK: {json.dumps(report)}")
         tracking.log_json(report, "integrity.json")
+    tracking.log_model(model_dir, stage)
     return metrics, model_dir

@@ -1,37 +1,304 @@
-"""The pipeline, read top to bottom: select -> sft -> preference -> evaluate.
+"""The Prefect flow `pipeline`, read top to bottom: select -> sft -> preference -> evaluate -> gate.
 
-Stages pass only paths, run ids and metrics to each other; each stage's result is also kept
-under the state dir (`<state>/runs/<experiment>/<stage>.json`) so one stage can be run alone.
-With `distributed.num_processes > 1` or a DeepSpeed config, sft and dpo run as launched jobs
-(`alignpipe.launch`), each rank running `alignpipe stage NAME` on these same results.
+Each stage is a Prefect task that runs the stage in this process (or, when the stage is
+distributed, as a launched job whose whole process group dies on timeout or cancel) and returns
+only paths, run ids and metrics. Its retries and timeout come from `orchestration.<stage>`.
+
+Caching: a task's cache key digests everything the stage depends on (its config sections, the
+content of every data file, the upstream models, the code, the state dir), so an unchanged
+re-run skips to the end; a stage that died part-way has no cached result and resumes from its
+last checkpoint (its output folder is keyed by the same inputs).
+
+Lineage: one MLflow parent run per pipeline run (tags: flow run, deployment, git commit, config
+digest), each stage run its child; a cached stage is linked from the parent by its earlier run id.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
 
 from alignpipe.config import PipelineConfig
 
+ROOT = Path(__file__).resolve().parents[1]
+# The config sections each stage's result depends on (besides its upstream models and the code).
+SECTIONS = {
+    "select": ("model", "select", "data", "seed"),
+    "self_instruct": ("model", "self_instruct", "data", "seed"),
+    "sft": ("model", "sft", "data", "distributed", "seed"),
+    "reward": ("model", "reward", "data", "distributed", "seed"),
+    "preference": ("model", "preference", "data", "distributed", "seed"),
+    "evaluate": ("model", "evaluate", "data", "seed"),
+}
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    from stages.dpo import run_dpo
-    from stages.evaluate import run_evaluate
-    from stages.select import run_select
-    from stages.sft import run_sft
 
+@flow(name="pipeline")
+def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = None, preference: bool = True) -> dict:
+    """Base model -> SFT -> (DPO) -> evaluation of base, SFT-only (and DPO) -> promotion gate.
+
+    `config`: a YAML recipe (relative to the working dir); `overrides`: `key=value` items as
+    with `--set`; `preference: false` is the SFT-only pipeline. Everything is validated first."""
+    from alignpipe import tracking
+    from alignpipe.cli import load_and_validate
+
+    cfg = load_and_validate(config, list(overrides or []))
+    _stop_on_sigterm()
+    with tracking.pipeline_run(cfg, _flow_tags(cfg, preference)) as parent:
+        selected = _stage("select", cfg, {}) if not cfg.sft.model_path else None
+        base = cfg.sft.model_path or selected["model_path"]
+        sft = _stage("sft", cfg, {"base": base})
+        final, models = sft, {"base": base, "sft": sft["model_path"]}
+        if preference:
+            pref = _stage("preference", cfg, {"sft": sft["model_path"], "template": sft["template"]})
+            final, models = pref, {**models, pref["stage"]: pref["model_path"]}
+        scored = {k: v for k, v in models.items() if k in cfg.evaluate.models or k == final["stage"]}
+        evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft["template"]})
+        verdict = promote_task(cfg, final["stage"], final["model_path"], evaluation["metrics"], parent)
+        comparison = compare_task(cfg, parent)
+    return {"select": selected, "sft": sft, "final": final, "evaluate": evaluation, "gate": verdict,
+            "comparison": comparison, "parent_run_id": parent}
+
+
+# -- stage tasks ---------------------------------------------------------------------------------
+
+
+def stage_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Digest of everything a stage's result depends on; equal keys -> Prefect reuses the result."""
+    cfg: PipelineConfig = parameters["cfg"]
+    stage, inputs = parameters["stage"], parameters["inputs"]
+    sections = {}
+    for name in SECTIONS[stage]:
+        value = getattr(cfg, name, None)
+        sections[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    blob = {
+        "stage": stage,
+        "sections": sections,
+        "files": {p: content_digest(p) for p in _paths(sections.get("data"))},
+        "inputs": {k: (v, content_digest(v)) if isinstance(v, str) else v for k, v in inputs.items()},
+        "models": {k: content_digest(v) for k, v in inputs.get("models", {}).items()},
+        "code": code_digest(),
+        "state": str(cfg.run_dir),
+        "tracking": cfg.tracking_uri,
+    }
+    digest = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return f"alignpipe-{cfg.experiment}-{stage}-{digest}"
+
+
+@task(name="stage", cache_key_fn=stage_key, persist_result=True)
+def stage_task(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
+    """Run one stage; returns its small result (paths, run id, metrics)."""
+    with stdout_to_prefect():
+        return _run(stage, cfg, inputs)
+
+
+def _run(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
     from alignpipe import launch
 
-    selected = run_select(cfg) if not cfg.sft.model_path else None
-    base = cfg.sft.model_path or selected["model_path"]
-    if launch.wanted(cfg):  # ranks read select.json / sft.json, just written, like `alignpipe stage`
-        sft = launch.run(cfg, "sft")
-        dpo = launch.run(cfg, "dpo")
-    else:
-        sft = run_sft(cfg, base)
-        dpo = run_dpo(cfg, sft["model_path"], sft["template"])
-    paths = {"base": base, "sft": sft["model_path"], "dpo": dpo["model_path"]}
-    evaluation = run_evaluate(cfg, {k: v for k, v in paths.items() if k in cfg.evaluate.models}, sft["template"])
-    return {"select": selected, "sft": sft, "dpo": dpo, "evaluate": evaluation}
+    policy = getattr(cfg.orchestration, stage)
+    if stage == "select":
+        from stages.select import run_select
+
+        return run_select(cfg)
+    if stage in ("sft", "preference") and launch.wanted(cfg):
+        from alignpipe.tracking import write_result
+
+        name = "sft" if stage == "sft" else cfg.preference.method
+        if stage == "sft":
+            write_result(cfg.run_dir / "select.json", {"stage": "select", "model_path": inputs["base"]})
+        else:  # ranks read their upstream result from the state dir, as `alignpipe stage` does
+            write_result(cfg.run_dir / "sft.json", {"stage": "sft", "model_path": inputs["sft"], "template": inputs["template"]})
+        return launch.run(cfg, name, timeout=policy.timeout_seconds)
+    if stage == "sft":
+        from stages.sft import run_sft
+
+        return run_sft(cfg, inputs["base"])
+    if stage == "preference":
+        from stages.dpo import run_dpo
+
+        return run_dpo(cfg, inputs["sft"], inputs["template"])
+    if stage == "evaluate":
+        from stages.evaluate import run_evaluate
+
+        return run_evaluate(cfg, inputs["models"], inputs["template"])
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def _stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
+    """Run (or reuse) one stage and link its MLflow run from the pipeline's parent run."""
+    from alignpipe import tracking
+
+    policy = getattr(cfg.orchestration, stage)
+    options = dict(name=stage, task_run_name=stage, retries=policy.retries, retry_delay_seconds=policy.retry_delay_seconds,
+                   timeout_seconds=policy.timeout_seconds)
+    state = stage_task.with_options(**options)(stage, cfg, inputs, return_state=True)
+    result = state.result()
+    cached = state.name == "Cached"
+    if cached and not _outputs_intact(result):  # the cached model was deleted: train it again
+        get_run_logger().warning(f"{stage}: the cached result points at missing files; running it again")
+        state = stage_task.with_options(**options, refresh_cache=True)(stage, cfg, inputs, return_state=True)
+        result, cached = state.result(), False
+    if cached:
+        get_run_logger().info(f"{stage}: inputs unchanged, reusing MLflow run {result['run_id']}")
+    tracking.link_stage(stage, result["run_id"], cached)
+    return result
+
+
+def _outputs_intact(result: dict) -> bool:
+    path = result.get("model_path")
+    return path is None or not str(path).startswith("/") or Path(path).is_dir()
+
+
+# -- gate and comparison -------------------------------------------------------------------------
+
+
+@task(name="promote")
+def promote_task(cfg: PipelineConfig, candidate: str, model_path: str, metrics: dict, parent_run_id: str) -> dict:
+    """Register the final model; move the `champion` alias to it only if the gate passes."""
+    from alignpipe import promote
+
+    with stdout_to_prefect():
+        return promote.gate_and_register(cfg, candidate, model_path, metrics, parent_run_id)
+
+
+@task(name="compare")
+def compare_task(cfg: PipelineConfig, parent_run_id: str) -> str:
+    """The base / SFT-only / preference table from MLflow, with its plot logged."""
+    from alignpipe import compare
+
+    return compare.report(cfg.experiment, cfg.tracking_uri, parent_run_id=parent_run_id)
+
+
+@contextmanager
+def stdout_to_prefect() -> Iterator[None]:
+    """Copy each line the task prints (a stage's own output, a launched job's rank output) into
+    the Prefect run log, still printing it. Prefect's `log_prints` is not used: it also grabs
+    prints that libraries redirect on purpose (dill's disassembly capture)."""
+    logger, real = get_run_logger(), sys.stdout
+
+    class Tee(io.TextIOBase):
+        pending = ""
+
+        def write(self, text: str) -> int:
+            real.write(text)
+            lines = (self.pending + text).split("\n")
+            self.pending = lines.pop()
+            for line in lines:
+                if line.strip():
+                    logger.info(line.rstrip("\r"))
+            return len(text)
+
+        def flush(self) -> None:
+            real.flush()
+
+        def fileno(self) -> int:
+            return real.fileno()
+
+        def isatty(self) -> bool:
+            return False
+
+    sys.stdout = tee = Tee()
+    try:
+        yield
+    finally:
+        if tee.pending.strip():
+            logger.info(tee.pending)
+        sys.stdout = real
+
+
+# -- digests ---------------------------------------------------------------------------------------
+
+
+def content_digest(path: str) -> str | None:
+    """sha256 of a file; of (name, size, mtime) of every file in a dir; None for a hub id."""
+    p = Path(path)
+    if p.is_file():
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    if p.is_dir():
+        entries = [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")) if f.is_file()]
+        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return None
+
+
+_code: str | None = None
+
+
+def code_digest() -> str:
+    """The code version: every source file of the package and the stages, and the key libraries."""
+    global _code
+    if _code is None:
+        from alignpipe.tracking import environment
+
+        h = hashlib.sha256()
+        for f in sorted([*ROOT.glob("alignpipe/*.py"), *ROOT.glob("stages/*.py")]):
+            h.update(f.name.encode() + f.read_bytes())
+        h.update(json.dumps(environment()["packages"], sort_keys=True).encode())
+        _code = h.hexdigest()
+    return _code
+
+
+def _paths(node: Any) -> list[str]:
+    """Every `path` value in a (nested) config section."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "path" and isinstance(v, str)] + [p for v in node.values() for p in _paths(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _paths(v)]
+    return []
+
+
+# -- run context -----------------------------------------------------------------------------------
+
+
+def _flow_tags(cfg: PipelineConfig, preference: bool) -> dict[str, str]:
+    from prefect.runtime import deployment, flow_run
+
+    return {
+        "alignpipe.prefect_flow_run_id": str(flow_run.id or ""),
+        "alignpipe.prefect_flow_run": str(flow_run.name or ""),
+        "alignpipe.deployment": str(deployment.name or "") or ("full" if preference else "sft-only"),
+        "alignpipe.pipeline": "full" if preference else "sft-only",
+        "alignpipe.git_commit": git_commit(),
+        "alignpipe.config_digest": cfg.digest(),
+        "alignpipe.config_file": cfg.source,
+        "alignpipe.overrides": " ".join(cfg.overrides)[:5000],
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _stop_on_sigterm() -> None:
+    """A cancelled flow run gets SIGTERM: raise, so `finally` blocks kill launched process groups
+    and the stage's MLflow run ends FAILED."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+
+
+# -- one stage alone (`alignpipe stage NAME`) -----------------------------------------------------
 
 
 def previous_result(cfg: PipelineConfig, stage: str) -> dict | None:
@@ -84,6 +351,3 @@ def run_stage(cfg: PipelineConfig, name: str) -> dict:
         template = (previous_result(cfg, "sft") or {}).get("template")
         return run_evaluate(cfg, paths, template)
     raise ValueError(f"unknown stage {name!r}")
-
-
-STAGES = ("select", "sft", "dpo", "evaluate")

@@ -37,6 +37,8 @@ def run_dpo(cfg: PipelineConfig, sft_model: str, template: str | None = None) ->
             callbacks=[tracking.MetricsCallback()],
         )
         tracking.log_params({"train_pairs": len(train_rows), "validation_pairs": len(val_rows), "data_digest": inputs["data"], "reference_model": sft_model})
+        tracking.log_dataset(cfg.data.preference.path, "preference", inputs["data"], rows=len(rows))
+        tracking.log_model_input(sft_model, "reference")  # also the initial policy
         metrics, model_dir = training.fit(trainer, tok, out, "dpo")
         result = {
             "stage": "dpo",

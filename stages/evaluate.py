@@ -42,6 +42,10 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str
     section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template}
     with tracking.stage_run(cfg, "evaluate", section) as run:
         mlflow.log_params({"eval_digest": data.file_digest(cfg.data.eval.path), "eval_rows": len(rows), "eval_pairs": len(pairs)})
+        tracking.log_dataset(cfg.data.eval.path, "eval", rows=len(rows))
+        tracking.log_dataset(cfg.data.eval_preference.path, "eval_preference", rows=len(pairs))
+        for name, path in model_paths.items():
+            tracking.log_model_input(path, f"scored.{name}")
         reference = _pair_logprobs(model_paths["sft"], cfg, template, pairs) if "sft" in model_paths and pairs else None
         table, per_category, samples = {}, {}, []
         for name, path in model_paths.items():

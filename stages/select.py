@@ -53,6 +53,8 @@ def run_select(cfg: PipelineConfig) -> dict:
             if r["within_budget"]:
                 mlflow.log_metrics({f"{r['name']}.perplexity": r["perplexity"], f"{r['name']}.generation_f1": r["generation_f1"]})
         mlflow.log_table({k: [r.get(k) for r in ranking] for k in ranking[0]}, "ranking.json")
+        tracking.log_dataset(cfg.data.sft.path, "validation", rows=len(heldout))
+        tracking.log_model_input(pick["source"], "selected")
         mlflow.set_tags({"alignpipe.selected": pick["name"], "alignpipe.selected_source": pick["source"], "alignpipe.reason": reason[:5000]})
         result = {
             "stage": "select",

@@ -40,6 +40,8 @@ def run_sft(cfg: PipelineConfig, base_model: str) -> dict:
             callbacks=[tracking.MetricsCallback()],
         )
         tracking.log_params({"train_rows": len(train_rows), "validation_rows": len(val_rows), "data_digest": inputs["data"]})
+        tracking.log_dataset(cfg.data.sft.path, "train", inputs["data"], rows=len(rows))
+        tracking.log_model_input(base_model, "base")
         metrics, model_dir = training.fit(trainer, tok, out, "sft")
         result = {
             "stage": "sft",

@@ -1,4 +1,5 @@
-"""The demo path end to end: `alignpipe run configs/tiny.yaml`, exactly what `make demo` runs."""
+"""The demo path end to end: `alignpipe run configs/tiny.yaml` (the Prefect flow `pipeline` on a
+temporary local Prefect server, MLflow on sqlite), exactly what `make demo` runs."""
 
 import json
 
@@ -25,6 +26,10 @@ def test_demo_completes_and_prints_the_table(demo):
     assert "select: tiny-" in out and "lowest held-out response perplexity" in out
     table = out[out.index("Evaluation on the frozen suite") :].splitlines()
     assert [line.split()[0] for line in table[2:5]] == ["base", "sft", "dpo"]
+    # ... and it ends with the comparison read back from MLflow (`alignpipe compare`)
+    comparison = out[out.index("Comparison from MLflow") :].splitlines()
+    assert [line.split()[0] for line in comparison[2:5]] == ["base", "sft-only", "dpo"]
+    assert "gate: passed (dpo vs sft); registered tiny v1, alias champion" in out
 
 
 def test_fine_tuning_helps_on_held_out_data(demo):
@@ -50,8 +55,13 @@ def test_every_stage_lands_one_finished_mlflow_run(demo):
     _, state = demo
     mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
-    assert sorted(r.info.run_name for r in runs) == ["dpo", "evaluate", "select", "sft"]
+    assert sorted(r.info.run_name for r in runs) == ["compare", "dpo", "evaluate", "pipeline", "select", "sft"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    parent = next(r for r in runs if r.info.run_name == "pipeline")
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
+    champion = mlflow.MlflowClient().get_model_version_by_alias("tiny", "champion")
+    dpo = next(r for r in runs if r.info.run_name == "dpo")
+    assert champion.run_id == dpo.info.run_id  # the DPO model passed the gate
     evaluate = next(r for r in runs if r.info.run_name == "evaluate")
     for model in ("base", "sft", "dpo"):
         assert f"{model}/acc_seen" in evaluate.data.metrics
