@@ -62,7 +62,8 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
         sft = _stage("sft", cfg, {"base": base})
         final, models = sft, {"base": base, "sft": sft["model_path"]}
         if preference:
-            pref = _stage("preference", cfg, {"sft": sft["model_path"], "template": sft["template"]})
+            start = cfg.preference.model_path or sft["model_path"]
+            pref = _stage("preference", cfg, {"sft": start, "template": sft["template"]})
             final, models = pref, {**models, pref["stage"]: pref["model_path"]}
         scored = {k: v for k, v in models.items() if k in cfg.evaluate.models or k == final["stage"]}
         evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft["template"]})

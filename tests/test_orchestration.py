@@ -1,0 +1,190 @@
+"""The pipeline as users run it: `alignpipe up`, then `prefect deployment run pipeline/...`,
+against a real Prefect server and a real MLflow server on loopback ports (no mocks); then the
+lineage read back through the MLflow client, caching, resume after a kill, and a failed stage."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+PREFECT = ROOT / ".venv" / "bin" / "prefect"
+FAST = ["sft.max_steps=20", "sft.save_steps=10", "preference.max_steps=4", "preference.save_steps=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """`alignpipe up` on free ports; `alignpipe down` afterwards (and if anything fails)."""
+    home = tmp_path_factory.mktemp("home")
+    pp, mp = _free_port(), _free_port()
+    up = run_cli("up", "--home", home, "--prefect-port", pp, "--mlflow-port", mp, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"Prefect UI: http://127.0.0.1:{pp}" in up.stdout and f"MLflow UI:  http://127.0.0.1:{mp}" in up.stdout
+        env = {"PREFECT_API_URL": f"http://127.0.0.1:{pp}/api", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mp}"}
+        status = run_cli("status", "--home", home)
+        assert status.returncode == 0 and status.stdout.count("running") == 3, status.stdout
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        yield {"home": home, "env": env}
+    finally:
+        down = run_cli("down", "--home", home, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert "running" not in run_cli("status", "--home", home).stdout
+
+
+def deployment_run(servers, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    """`prefect deployment run pipeline/NAME --params ... --watch`, as a user types it."""
+    params = json.dumps({"overrides": overrides})
+    proc = subprocess.run([str(PREFECT), "deployment", "run", f"pipeline/{name}", "--params", params, "--watch"],
+                          cwd=ROOT, env={**os.environ, **servers["env"]}, capture_output=True, text=True, timeout=900)
+    found = re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout)
+    return proc, found.group(1) if found else ""
+
+
+def runs_of(experiment: str, parent: str | None = None) -> list:
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=500)
+    return [r for r in runs if parent is None or r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+def parent_of_flow_run(experiment: str, flow_run_id: str):
+    return next(r for r in runs_of(experiment) if r.data.tags.get("alignpipe.prefect_flow_run_id") == flow_run_id)
+
+
+@pytest.fixture(scope="module")
+def full_run(servers):
+    proc, flow_run_id = deployment_run(servers, "full", FAST)
+    assert proc.returncode == 0 and "Completed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return flow_run_id
+
+
+def test_full_deployment_records_the_lineage_from_metric_to_data(servers, full_run):
+    client = mlflow.MlflowClient()
+    parent = parent_of_flow_run("tiny", full_run)
+    tags = parent.data.tags
+    assert tags["alignpipe.deployment"] == "full" and tags["alignpipe.config_digest"] and tags["alignpipe.git_commit"]
+    assert parent.info.status == "FINISHED"
+    children = {r.info.run_name: client.get_run(r.info.run_id) for r in runs_of("tiny", parent.info.run_id)}
+    assert set(children) == {"select", "sft", "dpo", "evaluate", "compare"}
+    assert all(r.info.status == "FINISHED" for r in children.values())
+
+    # Walk back from an evaluation metric to the data, the base model and the config.
+    evaluate = children["evaluate"]
+    assert "dpo/acc_seen" in evaluate.data.metrics
+    scored = {client.get_logged_model(m.model_id).name: client.get_logged_model(m.model_id) for m in evaluate.inputs.model_inputs}
+    assert {"sft", "dpo"} <= set(scored) and len(scored) == 3
+    dpo_run = client.get_run(scored["dpo"].source_run_id)
+    assert dpo_run.info.run_id == children["dpo"].info.run_id
+    reference = client.get_logged_model(dpo_run.inputs.model_inputs[0].model_id)
+    assert reference.model_id == scored["sft"].model_id and dpo_run.data.tags["alignpipe.input_model.reference"] == reference.model_id
+    sft_run = client.get_run(reference.source_run_id)
+    (train,) = [d for d in sft_run.inputs.dataset_inputs if any(t.value == "train" for t in d.tags)]
+    sha = {t.key: t.value for t in train.tags}["sha256"]
+    assert sha == subprocess.run(["sha256sum", str(ROOT / "data" / "sft.jsonl")], capture_output=True, text=True).stdout.split()[0]
+    base = client.get_logged_model(sft_run.inputs.model_inputs[0].model_id)
+    selected = json.loads(Path(client.download_artifacts(children["select"].info.run_id, "result.json")).read_text())
+    assert base.tags["alignpipe.model_path"] == selected["model_path"]
+    config = json.loads(Path(client.download_artifacts(sft_run.info.run_id, "config.json")).read_text())
+    assert config["sft"]["trl"]["max_steps"] == 20
+    assert json.loads(Path(client.download_artifacts(sft_run.info.run_id, "environment.json")).read_text())["packages"]["trl"] == "1.12.0"
+    # The produced models carry their files; the gate's verdict is on the parent run.
+    assert any(a.path == "model.safetensors" for a in client.list_logged_model_artifacts(scored["dpo"].model_id))
+    gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
+    assert gate["candidate"] == "dpo" and gate["baseline"] == "sft" and tags["alignpipe.gate"] in ("passed", "failed")
+    compare = children["compare"]
+    assert {a.path for a in client.list_artifacts(compare.info.run_id)} >= {"comparison.png", "comparison.txt"}
+
+
+def test_unchanged_rerun_skips_every_stage(servers, full_run):
+    before = len(runs_of("tiny"))
+    proc, flow_run_id = deployment_run(servers, "full", FAST)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    parent = parent_of_flow_run("tiny", flow_run_id)
+    assert all(parent.data.tags[f"alignpipe.cached.{s}"] == "true" for s in ("select", "sft", "preference", "evaluate"))
+    new = [r.info.run_name for r in runs_of("tiny")[before:]]
+    assert sorted(new) == ["compare", "pipeline"]  # no stage ran again
+    first = parent_of_flow_run("tiny", full_run)
+    assert parent.data.tags["alignpipe.run.sft"] == first.data.tags["alignpipe.run.sft"]
+
+
+def test_sft_only_deployment_and_a_failed_gate_keeps_the_champion(servers, full_run):
+    client = mlflow.MlflowClient()
+    # make the full run's model the champion first (a gate nothing can fail), then an SFT-only
+    # run whose gate cannot pass: it is registered, but the alias stays where it was.
+    proc, _ = deployment_run(servers, "full", FAST + ["promote.tolerance=1000"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    proc, flow_run_id = deployment_run(servers, "sft-only", FAST + ["promote.metrics=[acc_heldout,not_a_metric]"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    parent = parent_of_flow_run("tiny", flow_run_id)
+    assert parent.data.tags["alignpipe.pipeline"] == "sft-only" and parent.data.tags["alignpipe.gate"] == "failed"
+    children = {r.info.run_name for r in runs_of("tiny", parent.info.run_id)}
+    assert "dpo" not in children and "evaluate" in children  # select and sft came from the cache
+    evaluate = client.get_run(parent.data.tags["alignpipe.run.evaluate"])
+    assert {k.split("/")[0] for k in evaluate.data.metrics if "/" in k} == {"base", "sft"}
+    assert client.get_model_version_by_alias("tiny", "champion").version == champion.version
+    gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
+    assert gate["registered"]["alias"] is None and not gate["passed"]
+
+
+def test_failed_stage_keeps_earlier_runs_and_artifacts(servers, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    proc, flow_run_id = deployment_run(servers, "full", FAST + ["experiment=failing", f"preference.model_path={broken}"])
+    assert proc.returncode != 0 and "Failed" in proc.stdout
+    parent = parent_of_flow_run("failing", flow_run_id)
+    assert parent.info.status == "FAILED"
+    runs = {r.info.run_name: r for r in runs_of("failing", parent.info.run_id)}
+    assert runs["select"].info.status == "FINISHED" and runs["sft"].info.status == "FINISHED"
+    assert runs["dpo"].info.status == "FAILED"
+    sft_model = Path(json.loads((servers["home"] / "runs" / "failing" / "sft.json").read_text())["model_path"])
+    assert (sft_model / "model.safetensors").is_file()
+    # fixed and re-run: the finished stages are reused, not trained again
+    proc, flow_run_id = deployment_run(servers, "full", FAST + ["experiment=failing"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tags = parent_of_flow_run("failing", flow_run_id).data.tags
+    assert tags["alignpipe.cached.select"] == "true" and tags["alignpipe.cached.sft"] == "true"
+    assert tags["alignpipe.cached.preference"] == "false"
+
+
+def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
+    """`alignpipe run` (the same flow, on a temporary Prefect server) killed with SIGKILL part-way
+    through SFT, as when a machine is lost; the next run picks up from the last checkpoint."""
+    home = tmp_path / "state"
+    args = ["run", "configs/tiny.yaml", "--set", "sft.max_steps=40", "--set", "sft.save_steps=10", "--set", "preference.max_steps=2"]
+    env = {**os.environ, "ALIGNPIPE_HOME": str(home)}
+    cmd = [str(ROOT / ".venv" / "bin" / "alignpipe"), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not list(home.glob("runs/tiny/sft-*/checkpoints/checkpoint-10/trainer_state.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before SFT saved a checkpoint"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not list(home.glob("runs/tiny/sft-*/model"))  # it really died part-way
+    again = run_cli(*args, env={"ALIGNPIPE_HOME": str(home)}, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.search(r"sft: resuming from .*checkpoint-(10|20|30)", again.stdout + again.stderr)
+    (model,) = home.glob("runs/tiny/sft-*/model")
+    state = json.loads(max(model.parent.glob("checkpoints/checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    assert state["global_step"] == 40
