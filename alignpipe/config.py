@@ -11,12 +11,14 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import netrc
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import re
 
@@ -192,7 +194,8 @@ class PipelineConfig:
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
+        """`tracking.uri`, else $MLFLOW_TRACKING_URI (e.g. set by docker/compose.yaml), else sqlite under the state dir."""
+        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.state_path / 'mlflow.db'}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -462,6 +465,9 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     if isinstance(cfg.distributed.num_processes, int) and cfg.distributed.num_processes < 1:
         bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
     _check_distributed(cfg, bad)
+    if "wandb" in cfg.tracking.report_to and not wandb_usable():
+        bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
+            "run `export WANDB_MODE=offline` to log locally, or `wandb login`, or drop wandb from tracking.report_to")
     for section, kind in (("sft", "sft"), ("preference", "dpo")):
         from alignpipe import trl_api
 
@@ -493,6 +499,22 @@ def _check_distributed(cfg: PipelineConfig, bad) -> None:
             if both:
                 bad("distributed.deepspeed", f"{name} sets '{key}' = {value!r} and '{section}.{both[0]}' sets it too: "
                     f"set in both places; make the DeepSpeed value \"auto\" (TrainingArguments owns it)")
+
+
+def wandb_usable() -> bool:
+    """W&B can start a run without prompting: offline/disabled mode, or an API key (env or ~/.netrc).
+
+    Read the way wandb reads them, without importing wandb."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return bool(path.is_file() and (netrc.netrc(path).authenticators(host) or (None, None, None))[2])
+    except (netrc.NetrcParseError, OSError):
+        return False
 
 
 def load_deepspeed(path: str) -> dict | str:
