@@ -194,7 +194,6 @@ class PipelineConfig:
 
     @property
     def tracking_uri(self) -> str:
-        """`tracking.uri`, else $MLFLOW_TRACKING_URI (e.g. set by docker/compose.yaml), else sqlite under the state dir."""
         return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.state_path / 'mlflow.db'}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -465,14 +464,14 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     if isinstance(cfg.distributed.num_processes, int) and cfg.distributed.num_processes < 1:
         bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
     _check_distributed(cfg, bad)
-    if "wandb" in cfg.tracking.report_to and not wandb_usable():
-        bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
-            "run `export WANDB_MODE=offline` to log locally, or `wandb login`, or drop wandb from tracking.report_to")
     for section, kind in (("sft", "sft"), ("preference", "dpo")):
         from alignpipe import trl_api
 
         for key, msg in trl_api.check_config(kind, getattr(cfg, section).trl):
             bad(f"{section}.{key}", msg)
+    if "wandb" in cfg.tracking.report_to and not wandb_usable():
+        bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
+            "run `export WANDB_MODE=offline` to log locally, or `wandb login`, or drop wandb from tracking.report_to")
 
 
 def _check_distributed(cfg: PipelineConfig, bad) -> None:
@@ -499,22 +498,6 @@ def _check_distributed(cfg: PipelineConfig, bad) -> None:
             if both:
                 bad("distributed.deepspeed", f"{name} sets '{key}' = {value!r} and '{section}.{both[0]}' sets it too: "
                     f"set in both places; make the DeepSpeed value \"auto\" (TrainingArguments owns it)")
-
-
-def wandb_usable() -> bool:
-    """W&B can start a run without prompting: offline/disabled mode, or an API key (env or ~/.netrc).
-
-    Read the way wandb reads them, without importing wandb."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
-        return True
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-    try:
-        return bool(path.is_file() and (netrc.netrc(path).authenticators(host) or (None, None, None))[2])
-    except (netrc.NetrcParseError, OSError):
-        return False
 
 
 def load_deepspeed(path: str) -> dict | str:
@@ -553,3 +536,19 @@ def _written_as_path(value: str) -> bool:
 
 def _looks_like_file(path: str) -> bool:
     return Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).suffix != ""
+
+
+def wandb_usable() -> bool:
+    """W&B can start a run without prompting: offline/disabled mode, or an API key (env or ~/.netrc).
+
+    Read the way wandb reads them, without importing wandb."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return bool(path.is_file() and (netrc.netrc(path).authenticators(host) or (None, None, None))[2])
+    except (netrc.NetrcParseError, OSError):
+        return False

@@ -17,7 +17,6 @@ from transformers import TrainerCallback
 
 from alignpipe.config import PipelineConfig
 
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (`+driver` allowed)
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "mlflow", "prefect", "alignpipe")
 
 
@@ -29,7 +28,8 @@ def setup(cfg: PipelineConfig) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if cfg.tracking_uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:  # not a server: artifacts would land in ./mlruns
+    if cfg.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        # a database store, not a server: without a location, artifacts would land in ./mlruns of the cwd
         location = (cfg.state_path / "mlartifacts" / cfg.experiment).as_uri()
     try:
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
@@ -96,12 +96,12 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
     started = time.time()
     run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags)
     try:
-        with _wandb_settings(cfg, stage):
-            params = {k: str(v)[:6000] for k, v in _flatten(section).items()}
-            params["seed"] = cfg.seed
-            mlflow.log_params(params)
-            mlflow.log_dict(cfg.to_dict(), "config.json")
-            mlflow.log_dict(environment(), "environment.json")
+        params = {k: str(v)[:6000] for k, v in _flatten(section).items()}
+        params["seed"] = cfg.seed
+        mlflow.log_params(params)
+        mlflow.log_dict(cfg.to_dict(), "config.json")
+        mlflow.log_dict(environment(), "environment.json")
+        with wandb_settings(cfg, stage):
             yield run
     except BaseException:
         mlflow.set_tag("alignpipe.wall_seconds", round(time.time() - started, 1))
@@ -109,33 +109,6 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
         raise
     mlflow.log_metric("wall_seconds", round(time.time() - started, 2))
     mlflow.end_run(status="FINISHED")
-
-
-@contextmanager
-def _wandb_settings(cfg: PipelineConfig, stage: str) -> Iterator[None]:
-    """With `tracking.report_to: [wandb]`, the trainer's W&B run is named after the stage, in a
-    project named after the experiment ($WANDB_PROJECT wins), with its files under the state dir
-    ($WANDB_DIR wins); it is finished with the stage. Without wandb in report_to: nothing."""
-    if "wandb" not in cfg.tracking.report_to:
-        yield
-        return
-    wanted = {"WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or cfg.experiment, "WANDB_NAME": stage,
-              "WANDB_DIR": os.environ.get("WANDB_DIR") or str(cfg.state_path)}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        wandb = sys.modules.get("wandb")  # imported by the trainer's callback, if the stage trained
-        if wandb is not None and getattr(wandb, "run", None) is not None:
-            wandb.finish(exit_code=1 if failed else 0)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class MetricsCallback(TrainerCallback):
@@ -178,3 +151,30 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp, path)
+
+
+@contextmanager
+def wandb_settings(cfg: PipelineConfig, stage: str) -> Iterator[None]:
+    """With `tracking.report_to: [wandb]`, the trainer's W&B run is named after the stage, in a
+    project named after the experiment ($WANDB_PROJECT wins), with its files under the state dir
+    ($WANDB_DIR wins); it is finished with the stage. Without wandb in report_to: nothing."""
+    if "wandb" not in cfg.tracking.report_to:
+        yield
+        return
+    wanted = {"WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or cfg.experiment, "WANDB_NAME": stage,
+              "WANDB_DIR": os.environ.get("WANDB_DIR") or str(cfg.state_path)}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        wandb = sys.modules.get("wandb")  # imported by the trainer's callback, if the stage trained
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish(exit_code=1 if failed else 0)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
