@@ -3,12 +3,19 @@ file's services, images, ports, env, volumes and health-gated start order; that 
 names a real entry point with options its CLI accepts; the Dockerfile's sources and entry
 point; and the PostgreSQL init script, run for real on a private cluster."""
 
+import importlib
 import importlib.metadata
+import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -115,6 +122,7 @@ def test_pipeline_talks_to_both_servers(compose):
     allowed = mlflow_cmd[mlflow_cmd.index("--allowed-hosts") + 1].split(",")
     assert tracking.netloc in allowed, "MLflow 3 answers 403 to a Host header it does not allow"
     assert e["ALIGNPIPE_HOME"] == "/state"
+    assert (ROOT / e["ALIGNPIPE_SERVE_CONFIG"]).is_file(), "the served recipe must be a file the image contains"
 
 
 def test_start_order_waits_on_health(compose):
@@ -195,21 +203,124 @@ def test_dockerfile_sources_and_entry_point():
     assert {".venv", ".alignpipe", ".git"} <= set(ignored), "keep the 2 GB venv and the state out of the build context"
 
 
-def test_init_script_creates_both_databases(postgres):  # noqa: F811
-    import psycopg2
-
+@pytest.fixture(scope="module")
+def databases(postgres):  # noqa: F811
+    """The compose init script, run by psql on the private cluster; yields the admin URL."""
     from test_postgres import _pg_bin
 
     admin = postgres("postgres").replace("postgresql+psycopg2", "postgresql")
     done = subprocess.run([str(_pg_bin() / "psql"), admin, "-v", "ON_ERROR_STOP=1", "-f", str(DOCKER / "postgres-init.sql")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    with psycopg2.connect(admin) as conn, conn.cursor() as cur:
+    return admin
+
+
+def test_init_script_creates_both_databases(databases):
+    import psycopg2
+
+    with psycopg2.connect(databases) as conn, conn.cursor() as cur:
         cur.execute("SELECT datname FROM pg_database")
         assert {"prefect", "mlflow"} <= {r[0] for r in cur.fetchall()}
-    with psycopg2.connect(admin.rsplit("/", 1)[0] + "/prefect") as conn, conn.cursor() as cur:
+    with psycopg2.connect(databases.rsplit("/", 1)[0] + "/prefect") as conn, conn.cursor() as cur:
         cur.execute("SELECT extname FROM pg_extension")
         assert "pg_trgm" in {r[0] for r in cur.fetchall()}
+
+
+def _local(url: str, databases: str) -> str:
+    """A compose database URL pointed at the private cluster instead of the `postgres` service."""
+    return url.replace("@postgres:5432/", "@" + urlsplit(databases).netloc.split("@")[1] + "/")
+
+
+def _start(cmd, env, log):
+    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_healthy(healthcheck: list[str], port_from: str, port: int, proc, log: Path, limit: float = 240) -> None:
+    """Run the service's own compose healthcheck (its port swapped for ours) until it passes."""
+    probe = [a.replace(f"127.0.0.1:{port_from}/", f"127.0.0.1:{port}/") for a in healthcheck[1:]]
+    probe[0] = sys.executable if probe[0] == "python" else probe[0]
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        assert proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+        if subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"not healthy after {limit:.0f}s: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_compose_servers_run_on_postgresql(compose, databases, tmp_path):
+    """The compose commands and env of both servers, run here on the init script's databases
+    (ports swapped for free ones), pass their own healthchecks and serve a client."""
+    import psycopg2
+    from mlflow.tracking import MlflowClient
+
+    services = compose["services"]
+    bin_dir = Path(sys.executable).parent
+    mlflow_port, prefect_port = _free_ports(2)
+    cmd = argv(services["mlflow"]["command"])
+    cmd[0] = str(bin_dir / "mlflow")
+    for flag, value in (("--backend-store-uri", _local(cmd[cmd.index("--backend-store-uri") + 1], databases)),
+                        ("--artifacts-destination", str(tmp_path / "mlartifacts")), ("--host", "127.0.0.1"), ("--port", str(mlflow_port))):
+        cmd[cmd.index(flag) + 1] = value
+    mlflow_log = tmp_path / "mlflow.log"
+    prefect_env = {k: v for k, v in env(services["prefect-server"]).items()}
+    prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = _local(prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"], databases)
+    prefect_env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    pcmd = argv(services["prefect-server"]["command"])
+    pcmd[0] = str(bin_dir / "prefect")
+    pcmd[pcmd.index("--host") + 1], pcmd[pcmd.index("--port") + 1] = "127.0.0.1", str(prefect_port)
+    prefect_log = tmp_path / "prefect.log"
+    with open(mlflow_log, "w") as ml, open(prefect_log, "w") as pl:
+        mlflow_proc = _start(cmd, {}, ml)
+        prefect_proc = _start(pcmd, prefect_env, pl)
+        try:
+            _wait_healthy(argv(services["mlflow"]["healthcheck"]["test"]), "5000", mlflow_port, mlflow_proc, mlflow_log)
+            _wait_healthy(argv(services["prefect-server"]["healthcheck"]["test"]), "4200", prefect_port, prefect_proc, prefect_log)
+            # MLflow answers the pipeline's Host header (mlflow:5000) and refuses unknown ones
+            for host, code in (("mlflow:5000", 200), ("elsewhere:5000", 403)):
+                req = urllib.request.Request(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1",
+                                             headers={"Host": host})  # /health is exempt from the Host check
+                try:
+                    status = urllib.request.urlopen(req, timeout=10).status
+                except urllib.error.HTTPError as e:
+                    status = e.code
+                assert status == code, host
+            client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
+            run = client.create_run(client.create_experiment("compose-check"))
+            client.log_metric(run.info.run_id, "x", 1.0)
+            client.log_text(run.info.run_id, "hello", "note.txt")  # through the server's artifact proxy
+            assert list((tmp_path / "mlartifacts").rglob("note.txt")), "artifacts land in --artifacts-destination"
+            with psycopg2.connect(databases.rsplit("/", 1)[0] + "/mlflow") as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM runs")
+                assert cur.fetchone()[0] == 1
+            with psycopg2.connect(databases.rsplit("/", 1)[0] + "/prefect") as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('flow_run', 'deployment')")
+                assert cur.fetchone()[0] == 2, "Prefect migrated its schema into the prefect database"
+        finally:
+            _stop(prefect_proc)
+            _stop(mlflow_proc)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_tracking_uri_from_the_environment(compose, monkeypatch):
