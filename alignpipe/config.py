@@ -469,6 +469,7 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
 
         for key, msg in trl_api.check_config(kind, getattr(cfg, section).trl):
             bad(f"{section}.{key}", msg)
+    _check_report_to(cfg.tracking.report_to, bad)
     if "wandb" in cfg.tracking.report_to and not wandb_usable():
         bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
             "run `export WANDB_MODE=offline` to log locally, or `wandb login`, or drop wandb from tracking.report_to")
@@ -552,3 +553,20 @@ def wandb_usable() -> bool:
         return bool(path.is_file() and (netrc.netrc(path).authenticators(host) or (None, None, None))[2])
     except (netrc.NetrcParseError, OSError):
         return False
+
+
+def _check_report_to(names: list[str], bad) -> None:
+    """Trainer integrations: known to transformers, installed, and not MLflow (built in already)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in names:
+        if name == "mlflow":
+            bad("tracking.report_to", "lists mlflow: every stage already logs to MLflow (tracking.uri); remove it "
+                "(the trainer's own MLflow callback would open a second run)")
+        elif name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
+            bad("tracking.report_to", f"unknown integration {name!r}" + (f"; did you mean {close[0]!r}?" if close else
+                f"; known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}"))
+        elif name not in get_available_reporting_integrations():
+            bad("tracking.report_to", f"lists {name}, which is not installed (pip install it, or remove it)")

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from alignpipe.config import load_config
+from alignpipe.config import ConfigError, load_config
 from conftest import ROOT, run_cli
 from stages.select import run_select
 
@@ -99,3 +99,11 @@ def test_wandb_without_credentials_stops_before_compute(state_dir, no_wandb_logi
     assert len(errors) == 1 and "tracking.report_to" in errors[0], done.stderr[-2000:]
     assert "export WANDB_MODE=offline" in errors[0] and "wandb login" in errors[0]
     assert not (state_dir / "runs").exists() and not (state_dir / "wandb").exists()
+
+
+def test_report_to_names_are_checked_with_the_config():
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs" / "tiny.yaml", ["tracking.report_to=[mlflow, wandbb]"])
+    problems = [p for p in e.value.problems if "tracking.report_to" in p]
+    assert len(problems) == 2
+    assert "already logs to MLflow" in problems[0] and "did you mean 'wandb'?" in problems[1]
