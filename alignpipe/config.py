@@ -11,12 +11,14 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import netrc
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import re
 
@@ -505,6 +507,10 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
 
         for key, msg in trl_api.check_config(kind, getattr(cfg, section).trl):
             bad(f"{section}.{key}", msg)
+    _check_report_to(cfg.tracking.report_to, bad)
+    if "wandb" in cfg.tracking.report_to and not wandb_usable():
+        bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
+            "run `export WANDB_MODE=offline` to log locally, or `wandb login`, or drop wandb from tracking.report_to")
 
 
 def _check_distributed(cfg: PipelineConfig, bad) -> None:
@@ -596,3 +602,36 @@ def _written_as_path(value: str) -> bool:
 
 def _looks_like_file(path: str) -> bool:
     return Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).suffix != ""
+
+
+def wandb_usable() -> bool:
+    """W&B can start a run without prompting: offline/disabled mode, or an API key (env or ~/.netrc).
+
+    Read the way wandb reads them, without importing wandb."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return bool(path.is_file() and (netrc.netrc(path).authenticators(host) or (None, None, None))[2])
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def _check_report_to(names: list[str], bad) -> None:
+    """Trainer integrations: known to transformers, installed, and not MLflow (built in already)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in names:
+        if name == "mlflow":
+            bad("tracking.report_to", "lists mlflow: every stage already logs to MLflow (tracking.uri); remove it "
+                "(the trainer's own MLflow callback would open a second run)")
+        elif name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
+            bad("tracking.report_to", f"unknown integration {name!r}" + (f"; did you mean {close[0]!r}?" if close else
+                f"; known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}"))
+        elif name not in get_available_reporting_integrations():
+            bad("tracking.report_to", f"lists {name}, which is not installed (pip install it, or remove it)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -35,7 +36,8 @@ def setup(cfg: PipelineConfig) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if cfg.tracking_uri.startswith("sqlite:"):
+    if cfg.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        # a database store, not a server: without a location, artifacts would land in ./mlruns of the cwd
         location = (cfg.state_path / "mlartifacts" / cfg.experiment).as_uri()
     try:
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
@@ -113,7 +115,8 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
         mlflow.log_params(params)
         mlflow.log_dict(cfg.to_dict(), "config.json")
         mlflow.log_dict(environment(), "environment.json")
-        yield run
+        with wandb_settings(cfg, stage):
+            yield run
     except BaseException:
         mlflow.set_tag("alignpipe.wall_seconds", round(time.time() - started, 1))
         mlflow.end_run(status="FAILED")
@@ -295,3 +298,30 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp, path)
+
+
+@contextmanager
+def wandb_settings(cfg: PipelineConfig, stage: str) -> Iterator[None]:
+    """With `tracking.report_to: [wandb]`, the trainer's W&B run is named after the stage, in a
+    project named after the experiment ($WANDB_PROJECT wins), with its files under the state dir
+    ($WANDB_DIR wins); it is finished with the stage. Without wandb in report_to: nothing."""
+    if "wandb" not in cfg.tracking.report_to:
+        yield
+        return
+    wanted = {"WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or cfg.experiment, "WANDB_NAME": stage,
+              "WANDB_DIR": os.environ.get("WANDB_DIR") or str(cfg.state_path)}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        wandb = sys.modules.get("wandb")  # imported by the trainer's callback, if the stage trained
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish(exit_code=1 if failed else 0)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
