@@ -1,0 +1,71 @@
+"""The flow's pieces that need no server: cache keys, the deployments and their schedule, the gate."""
+
+import pytest
+
+from alignpipe.config import ConfigError, load_config
+from alignpipe.promote import verdict
+from flows.pipeline import stage_key
+
+
+def _key(cfg, stage, inputs=None):
+    return stage_key(None, {"cfg": cfg, "stage": stage, "inputs": inputs or {}})
+
+
+def test_cache_keys_follow_only_what_each_stage_depends_on(tmp_path):
+    cfg = load_config("configs/tiny.yaml")
+    keys = {s: _key(cfg, s) for s in ("select", "sft", "preference", "evaluate")}
+    assert keys == {s: _key(load_config("configs/tiny.yaml"), s) for s in keys}  # deterministic
+    changed = load_config("configs/tiny.yaml", ["evaluate.max_new_tokens=8"])
+    assert _key(changed, "evaluate") != keys["evaluate"]
+    assert all(_key(changed, s) == keys[s] for s in ("select", "sft", "preference"))
+    lr = load_config("configs/tiny.yaml", ["sft.learning_rate=1e-4"])
+    assert _key(lr, "sft") != keys["sft"] and _key(lr, "preference") == keys["preference"]
+
+
+def test_cache_key_follows_data_content_and_upstream_model_files(tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(open("data/sft.jsonl").read())
+    cfg = load_config("configs/tiny.yaml", [f"data.sft.path={data}"])
+    before = _key(cfg, "sft")
+    with data.open("a") as f:
+        f.write('{"instruction": "Say hi.", "input": "", "output": "hi", "category": "echo"}\n')
+    assert _key(cfg, "sft") != before  # same path, new content
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"1")
+    k1 = _key(cfg, "preference", {"sft": str(model), "template": "alpaca"})
+    (model / "model.safetensors").write_bytes(b"22")
+    assert _key(cfg, "preference", {"sft": str(model), "template": "alpaca"}) != k1
+
+
+def test_deployments_full_and_sft_only_with_an_optional_retrain_schedule():
+    from flows.serve import deployments
+
+    full, sft_only = deployments("configs/tiny.yaml")
+    assert (full.name, sft_only.name) == ("full", "sft-only")
+    assert full.parameters["preference"] is True and sft_only.parameters["preference"] is False
+    assert not full.schedules and not sft_only.schedules  # off by default
+    full, sft_only = deployments("configs/tiny.yaml", cron="0 3 * * 0")
+    assert [s.schedule.cron for s in full.schedules] == ["0 3 * * 0"] and not sft_only.schedules
+
+
+def test_bad_orchestration_values_are_reported_together():
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny.yaml", ["orchestration.retrain_cron=every sunday", "orchestration.sft.retries=-1",
+                                          "promote.tolerance=-0.1"])
+    text = "\n".join(e.value.problems)
+    assert "'orchestration.retrain_cron' is not a valid cron string" in text
+    assert "'orchestration.sft.retries' must be >= 0" in text and "'promote.tolerance' must be >= 0" in text
+
+
+def test_gate_respects_metric_direction_and_tolerance():
+    cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]"])
+    metrics = {"sft": {"acc_seen": 0.30, "over_refusal": 0.02}, "dpo": {"acc_seen": 0.33, "over_refusal": 0.03}}
+    v = verdict(cfg, "dpo", metrics)
+    assert not v["passed"] and [c["passed"] for c in v["checks"]] == [True, False]  # over_refusal: lower is better
+    cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]", "promote.tolerance=0.02"])
+    assert verdict(cfg, "dpo", metrics)["passed"]
+    cfg = load_config("configs/tiny.yaml", ["promote.metrics=[no_such_metric]"])
+    assert verdict(cfg, "dpo", metrics)["checks"][0]["why"] == "not measured"
+    only_sft = {"base": {"acc_seen": 0.01}, "sft": {"acc_seen": 0.3}}
+    assert verdict(load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen]"]), "sft", only_sft)["baseline"] == "base"
