@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
     except (DataError, ModelSourceError, launch.LaunchError, IntegrityError) as e:
         print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        if args.command != "run":
+            raise
+        # the flow already logged the traceback; finished stages stay cached, a half-trained one resumes
+        print(f"error: the pipeline failed: {type(e).__name__}: {e}\n"
+              f"error: finished stages are kept and reused; run the same command again to resume", file=sys.stderr)
     return 1
 
 
