@@ -103,21 +103,53 @@ def _prefix_output(prefix: str) -> None:
 
 
 def _load_and_validate(path: str, overrides: list[str]):
-    """The config and every data file it names, checked together; ConfigError lists all problems."""
+    """The config and every data file it names, checked together; ConfigError lists all problems.
+
+    Prints, per source, its detected format and rows read/kept/dropped by reason, then per
+    training stage the rows left after dedup and decontamination."""
     from alignpipe import data
     from alignpipe.config import ConfigError, load_config
 
     cfg = load_config(path, overrides)
     problems = []
-    for kind, src in (("sft", cfg.data.sft), ("preference", cfg.data.preference), ("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)):
-        if src.path:
-            rows, found = data.problems(kind, src.path)
-            problems.extend(found)
-            if not found:
-                print(f"{src.path}: {rows} rows ({kind})")
+    entries = [("sft", cfg.data.sft), ("preference", cfg.data.preference), ("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)]
+    if cfg.data.safety.path:
+        entries.append(("sft", cfg.data.safety))
+    if cfg.self_instruct.seed_tasks:
+        entries.append(("sft", cfg.self_instruct.seed_tasks))
+    for kind, entry in entries:
+        for src in data.sources(entry) if not isinstance(entry, str) else [entry]:
+            try:
+                _, report = data.load_source(kind, src, on_bad_rows="skip")
+            except data.DataError as e:
+                problems.append(str(e))
+                continue
+            print(report.line())
+            if cfg.data.on_bad_rows == "fail":
+                problems.extend(report.problems[:20])
     if problems:
         raise ConfigError(problems)
+    try:
+        evals = data.eval_sets(cfg)
+        for kind in ("sft", "preference"):
+            rows, report = data.stage_rows(cfg, kind, evals=evals)
+            print(_stage_summary(kind, rows, report))
+    except data.DataError as e:
+        raise ConfigError([str(e)]) from None
     return cfg
+
+
+def _stage_summary(kind: str, rows: list, report: dict) -> str:
+    dc = report.get("decontamination")
+    parts = [f"{len(rows)} training rows"]
+    if "safety_rows" in report:
+        parts.append(f"{report['safety_rows']} refusal rows mixed in")
+    if "duplicates_dropped" in report:
+        parts.append(f"{report['duplicates_dropped']} duplicates dropped")
+    if dc:
+        parts.append(f"{dc['exact'] + dc['ngram_only']} contaminated ({dc['exact']} exact, {dc['ngram_only']} {dc['ngram']}-gram) "
+                     f"against {len(dc['eval_sets'])} eval set(s), {dc['removed']} removed")
+    return f"{kind}: " + "; ".join(parts)
 
 
 def _report_stage(result: dict) -> None:

@@ -26,7 +26,7 @@ BYTES_PER_PARAM_FULL_FT = 16  # fp32 weights + gradients + Adam's two moments
 
 
 def run_select(cfg: PipelineConfig) -> dict:
-    rows = data.load("sft", cfg.data.sft.path)
+    rows = data.stage_rows(cfg, "sft")[0]
     _, heldout = data.split_validation(rows, cfg.data.validation_rows)
     heldout = heldout or rows[: cfg.data.validation_rows]
     section = {"model": dataclasses.asdict(cfg.model), "select": dataclasses.asdict(cfg.select)}
@@ -61,7 +61,7 @@ def run_select(cfg: PipelineConfig) -> dict:
             "candidate": pick["name"],
             "reason": reason,
             "ranking": ranking,
-            "data_digest": data.file_digest(cfg.data.sft.path),
+            "data_digest": data.rows_digest(rows),
         }
         tracking.log_json(result, "result.json")
     tracking.write_result(cfg.run_dir / "select.json", result)
