@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "else 1 with one line per problem."))
     st = sub.add_parser("stage", help="run one stage", description="Run one stage. Upstream results come from the config "
                         "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
-    st.add_argument("name", choices=STAGES)
+    st.add_argument("name", choices=STAGES + ("self_instruct",))
     with_config(st)
     st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
     with_config(sub.add_parser("run", help="run select -> sft -> dpo -> evaluate",
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stage":
             from flows.pipeline import run_stage
 
-            result = run_stage(cfg, args.name)
+            result = _self_instruct(cfg) if args.name == "self_instruct" else run_stage(cfg, args.name)
             if args.result_json:
                 from alignpipe.tracking import write_result
 
@@ -152,6 +152,17 @@ def _stage_summary(kind: str, rows: list, report: dict) -> str:
     return f"{kind}: " + "; ".join(parts)
 
 
+def _self_instruct(cfg) -> dict:
+    """The Self-Instruct stage; its generator defaults to the selected base model."""
+    from flows.pipeline import previous_result, run_stage
+    from stages.self_instruct import run_self_instruct
+
+    generator = cfg.self_instruct.generator or cfg.sft.model_path
+    if not generator:
+        generator = (previous_result(cfg, "select") or run_stage(cfg, "select"))["model_path"]
+    return run_self_instruct(cfg, generator)
+
+
 def _report_stage(result: dict) -> None:
     from stages.evaluate import format_table
 
@@ -160,6 +171,9 @@ def _report_stage(result: dict) -> None:
         print(f"selected {result['reason']}")
     elif result["stage"] == "evaluate":
         print(format_table(result["metrics"]))
+    elif result["stage"] == "self_instruct":
+        print(f"data: {result['data_path']}")
+        print("  ".join(f"{k}={v}" for k, v in result["metrics"].items()))
     else:
         print(f"model: {result['model_path']}")
         print("  ".join(f"{k}={v:.4g}" for k, v in sorted(result["metrics"].items())))

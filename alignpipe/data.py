@@ -14,6 +14,7 @@ Normalised rows (plus `_src`/`_at`: the file and line a row came from):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import random
@@ -104,7 +105,12 @@ def read_table(path: str | Path, split: str = "train") -> tuple[list[Any], list[
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".csv"):
         try:
-            ds = datasets.load_dataset(suffix[1:], data_files=str(p), split="train")
+            text_cells = {}
+            if suffix == ".csv":  # every cell stays text ("2" is an answer, not a number); empty stays ""
+                with open(p, newline="", encoding="utf-8") as f:
+                    header = next(csv.reader(f))
+                text_cells = {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
+            ds = datasets.load_dataset(suffix[1:], data_files=str(p), split="train", **text_cells)
         except Exception as e:
             raise DataError(f"{p}: cannot read as {suffix[1:].upper()} ({type(e).__name__}: {str(e)[:200]})") from None
         first = 2 if suffix == ".csv" else 1  # CSV: line 1 is the header
@@ -488,15 +494,10 @@ def mix(rows: list[dict], weight: float, max_rows: int | None, seed: int) -> lis
     return out
 
 
-def dedup(rows: list[dict]) -> tuple[list[dict], int]:
-    """Rows with exact duplicates (same prompt and answers, whitespace/case aside) dropped."""
-    seen, kept = set(), []
-    for r in rows:
-        key = hashlib.sha256(json.dumps([" ".join(str(r.get(k, "")).lower().split()) for k in ("instruction", "input", "output", "chosen", "rejected")] + [r.get("history")]).encode()).hexdigest()
-        if key not in seen:
-            seen.add(key)
-            kept.append(r)
-    return kept, len(rows) - len(kept)
+def _dedup_key(r: dict) -> str:
+    """Exact-duplicate key: prompt and answers, case and whitespace aside."""
+    fields = [" ".join(str(r.get(k, "")).lower().split()) for k in ("instruction", "input", "output", "chosen", "rejected")]
+    return hashlib.sha256(json.dumps(fields + [r.get("history")]).encode()).hexdigest()
 
 
 def eval_sets(cfg) -> dict[str, list[dict]]:
@@ -522,47 +523,64 @@ def seen_categories(cfg) -> set[str]:
 def stage_rows(cfg, kind: str, extra: list | None = None, evals: dict | None = None) -> tuple[list[dict], dict]:
     """(training rows, report) of a stage (`sft` or `preference`) under the config's data policy.
 
-    Per source: read and validate (on_bad_rows), drop held-out categories, take its mixture share
-    (weight, max_rows); then (SFT) mix in refusal rows, drop duplicates, decontaminate against
-    every eval set. Raises DataError on a bad row (fail) or contamination (decontaminate: fail).
+    Per source: read and validate (on_bad_rows), drop held-out categories; across sources: drop
+    exact duplicates, decontaminate against every eval set (refusal rows too); then take each
+    source's mixture share (weight, max_rows) and (SFT) mix in refusal rows at data.safety.fraction.
+    Raises DataError on a bad row (fail) or on contamination (decontaminate: fail).
     """
     from alignpipe import decontam
 
     d = cfg.data
     heldout = set(d.heldout_categories)
-    rows, reports = [], []
-    for i, src in enumerate(sources(getattr(d, kind)) + list(extra or [])):
+    per_source = []
+    for src in sources(getattr(d, kind)) + list(extra or []):
         got, rep = load_source(kind, src, d.on_bad_rows)
-        if heldout:
-            before = len(got)
-            got = [r for r in got if r["category"] not in heldout]
-            if before - len(got):
-                rep.dropped["heldout_category"] += before - len(got)
-        got = mix(got, getattr(src, "weight", 1.0), getattr(src, "max_rows", None), cfg.seed + i)
-        rep.kept = len(got)
-        rows.extend(got)
-        reports.append(rep)
-    report: dict[str, Any] = {"sources": [r.to_dict() for r in reports]}
+        kept = [r for r in got if r["category"] not in heldout]
+        if len(got) - len(kept):
+            rep.dropped["heldout_category"] += len(got) - len(kept)
+        per_source.append((src, kept, rep))
+    refusals: list[dict] = []
     if kind == "sft" and d.safety.path and d.safety.fraction > 0:
-        refusals, rep = load_source("sft", d.safety, d.on_bad_rows)
-        if d.safety.category:
-            refusals = [r for r in refusals if r["category"] == d.safety.category]
+        refusals = [dict(r, _pool="safety") for r in load_source("sft", d.safety, d.on_bad_rows)[0]
+                    if not d.safety.category or r["category"] == d.safety.category]
         if not refusals:
             raise DataError(f"{d.safety.path}: no refusal rows (category {d.safety.category!r}); check data.safety.category")
-        want = round(d.safety.fraction * len(rows) / (1 - d.safety.fraction))
-        rng = random.Random(cfg.seed)
-        picked = [dict(r) for r in (rng.sample(refusals, want) if want <= len(refusals) else rng.choices(refusals, k=want))]
-        rows.extend(picked)
-        report["safety_rows"] = len(picked)
+    report: dict[str, Any] = {}
     if d.dedup:
-        rows, report["duplicates_dropped"] = dedup(rows)
+        seen: set[str] = set()
+        for _, rows, rep in per_source:
+            unique = [r for r in rows if not (_dedup_key(r) in seen or seen.add(_dedup_key(r)))]
+            if len(rows) - len(unique):
+                rep.dropped["duplicate"] += len(rows) - len(unique)
+            rows[:] = unique
+        report["duplicates_dropped"] = sum(rep.dropped["duplicate"] for *_, rep in per_source)
     if d.decontaminate != "off":
         evals = eval_sets(cfg) if evals is None else evals
-        rows, report["decontamination"] = decontam.decontaminate(rows, evals, d.ngram, d.decontaminate)
-    report["rows"] = len(rows)
-    if not rows:
-        raise DataError(f"data.{kind}: no training rows left after the data policy ({json.dumps(report)[:300]})")
-    return rows, report
+        everything = [r for _, rows, _ in per_source for r in rows] + refusals
+        clean, report["decontamination"] = decontam.decontaminate(everything, evals, d.ngram, d.decontaminate)
+        kept_ids = {id(r) for r in clean}
+        for _, rows, rep in per_source:
+            left = [r for r in rows if id(r) in kept_ids]
+            if len(rows) - len(left):
+                rep.dropped["contaminated"] += len(rows) - len(left)
+            rows[:] = left
+        refusals = [r for r in refusals if id(r) in kept_ids]
+    out = []
+    for i, (src, rows, rep) in enumerate(per_source):
+        rows = mix(rows, getattr(src, "weight", 1.0), getattr(src, "max_rows", None), cfg.seed + i)
+        rep.kept = len(rows)
+        out.extend(rows)
+    if refusals:
+        want = round(d.safety.fraction * len(out) / (1 - d.safety.fraction))
+        rng = random.Random(cfg.seed)
+        picked = rng.sample(refusals, want) if want <= len(refusals) else rng.choices(refusals, k=want)
+        out.extend(dict(r) for r in picked)
+        report["safety_rows"] = len(picked)
+    report["sources"] = [rep.to_dict() for *_, rep in per_source]
+    report["rows"] = len(out)
+    if not out:
+        raise DataError(f"data.{kind}: no training rows left after the data policy (dropped: {[s['dropped'] for s in report['sources']]})")
+    return out, report
 
 
 def log_report(report: dict, name: str) -> None:

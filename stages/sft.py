@@ -13,6 +13,7 @@ dedup, decontamination); its report is logged to the run. A Self-Instruct file
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -21,6 +22,9 @@ from alignpipe.config import DataSource, PipelineConfig
 
 
 def run_sft(cfg: PipelineConfig, base_model: str, generated_data: str | None = None) -> dict:
+    if generated_data and not Path(generated_data).stat().st_size:
+        print(f"sft: {generated_data} has no generated rows; training on the configured data alone")
+        generated_data = None
     extra = [DataSource(path=generated_data, format="alpaca", category="self_instruct")] if generated_data else []
     rows, report = data.stage_rows(cfg, "sft", extra)
     train_rows, val_rows = data.split_validation(rows, cfg.data.validation_rows)
