@@ -494,10 +494,18 @@ def mix(rows: list[dict], weight: float, max_rows: int | None, seed: int) -> lis
     return out
 
 
-def _dedup_key(r: dict) -> str:
-    """Exact-duplicate key: prompt and answers, case and whitespace aside."""
-    fields = [" ".join(str(r.get(k, "")).lower().split()) for k in ("instruction", "input", "output", "chosen", "rejected")]
-    return hashlib.sha256(json.dumps(fields + [r.get("history")]).encode()).hexdigest()
+def drop_duplicates(rows: list[dict], seen: set[str] | None = None) -> list[dict]:
+    """Rows without exact duplicates (same prompt and answers, case and whitespace aside) of
+    each other or of keys already in `seen` (updated)."""
+    seen = set() if seen is None else seen
+    out = []
+    for r in rows:
+        fields = [" ".join(str(r.get(k, "")).lower().split()) for k in ("instruction", "input", "output", "chosen", "rejected")]
+        key = hashlib.sha256(json.dumps(fields + [r.get("history")]).encode()).hexdigest()
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def eval_sets(cfg) -> dict[str, list[dict]]:
@@ -549,7 +557,7 @@ def stage_rows(cfg, kind: str, extra: list | None = None, evals: dict | None = N
     if d.dedup:
         seen: set[str] = set()
         for _, rows, rep in per_source:
-            unique = [r for r in rows if not (_dedup_key(r) in seen or seen.add(_dedup_key(r)))]
+            unique = drop_duplicates(rows, seen)
             if len(rows) - len(unique):
                 rep.dropped["duplicate"] += len(rows) - len(unique)
             rows[:] = unique
