@@ -130,12 +130,6 @@ def read_table(path: str | Path, split: str = "train") -> tuple[list[Any], list[
     return records, [f"line {n}" for n in lines]
 
 
-def read_records(path: str | Path) -> list[tuple[int, Any]]:
-    """(line number, parsed record) of a .jsonl file or a .json array (stdlib; exact lines)."""
-    records, where = _read_json_lines(Path(path))
-    return [(int(w.split()[1]), r) for r, w in zip(records, where)]
-
-
 def _read_json_lines(p: Path) -> tuple[list[Any], list[str]]:
     if not p.is_file():
         raise DataError(f"{p}: file not found; check the data path in the config")
@@ -457,18 +451,6 @@ def load_source(kind: str, source, on_bad_rows: str = "fail") -> tuple[list[dict
 def load(kind: str, path: str | Path, format: str = "auto") -> list[dict]:
     """All rows of one data file (`sft`, `preference` or `eval`); raises DataError at a bad row."""
     return load_source(kind, SimpleNamespace(path=str(path), format=format, split="train", category=None))[0]
-
-
-def problems(kind: str, path: str | Path, limit: int = 20) -> tuple[int, list[str]]:
-    """(rows read, every problem up to `limit`) of a data file, without stopping at the first."""
-    try:
-        rows, report = load_source(kind, str(path), on_bad_rows="skip")
-    except DataError as e:
-        return 0, [str(e)]
-    found = report.problems[:limit]
-    if len(report.problems) > limit:
-        found.append(f"{path}: (stopped after {limit} problems)")
-    return report.read, found
 
 
 # ---------------------------------------------------------------------------------------------
