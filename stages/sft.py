@@ -13,6 +13,7 @@ dedup, decontamination); its report is logged to the run. A Self-Instruct file
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from datasets import Dataset
@@ -22,6 +23,11 @@ from alignpipe.config import DataSource, PipelineConfig
 
 
 def run_sft(cfg: PipelineConfig, base_model: str, generated_data: str | None = None) -> dict:
+    """Train `base_model` on the configured SFT data, plus `generated_data` (a Self-Instruct JSONL)
+    when given; with self_instruct.enabled and none given, the experiment's latest Self-Instruct
+    result is used (so launched ranks and `alignpipe stage sft` see the same rows)."""
+    if generated_data is None and cfg.self_instruct.enabled and (cfg.run_dir / "self_instruct.json").is_file():
+        generated_data = json.loads((cfg.run_dir / "self_instruct.json").read_text())["data_path"]
     if generated_data and not Path(generated_data).stat().st_size:
         print(f"sft: {generated_data} has no generated rows; training on the configured data alone")
         generated_data = None

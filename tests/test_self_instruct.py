@@ -61,7 +61,7 @@ def cfg(tmp_path_factory):
         yield load_config(ROOT / "configs" / "tiny.yaml", [
             f"model.candidates=[{{name: small, tiny: {SMALL}}}]", f"self_instruct.seed_tasks={seeds}", "self_instruct.enabled=true",
             "self_instruct.rounds=2", "self_instruct.prompts_per_round=6", "self_instruct.max_new_tokens=40", "self_instruct.min_words=2",
-            "sft.max_steps=2", "sft.save_steps=2", "sft.logging_steps=1",
+            "sft.max_steps=2", "sft.save_steps=2", "sft.logging_steps=1", "formats.variation=0.5",  # SFT also trains on varied formats
         ])
 
 
