@@ -115,11 +115,14 @@ def read_table(path: str | Path, split: str = "train") -> tuple[list[Any], list[
             raise DataError(f"{p}: cannot read as {suffix[1:].upper()} ({type(e).__name__}: {str(e)[:200]})") from None
         first = 2 if suffix == ".csv" else 1  # CSV: line 1 is the header
         return ds.to_list(), [f"line {i + first}" if suffix == ".csv" else f"row {i + 1}" for i in range(len(ds))]
+    quiet = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # it logs parse errors the line reader reports better
     try:
-        ds = datasets.load_dataset("json", data_files=str(p), split="train")
-        records = ds.to_list()
+        records = datasets.load_dataset("json", data_files=str(p), split="train").to_list()
     except Exception:  # malformed JSON, mixed types, bad encoding: the line reader names the line
         return _read_json_lines(p)
+    finally:
+        datasets.logging.set_verbosity(quiet)
     text = p.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         lines = _array_item_lines(text, len(records))

@@ -200,3 +200,16 @@ def test_config_sources_as_a_list_and_problems_named_at_once(tmp_path):
     for part in ("unknown key 'data.sft[0].wieght'", "'data.preference.format' must be auto or one of explicit", "'data.decontaminate'",
                  "'formats.variation'", "'data.safety.path' is not set", "'self_instruct.seed_tasks' is not set"):
         assert part in text, part
+
+
+def test_validate_shows_format_and_skipped_counts_and_fails_by_default(tmp_path):
+    from conftest import run_cli
+
+    path = _jsonl(tmp_path / "mixed.jsonl", [_row(1), {"instruction": "No answer."}, _row(3), {"instruction": "Typed.", "output": 7}])
+    proc = run_cli("validate", "configs/tiny.yaml", "--set", f"data.sft.path={path}", "--set", "data.on_bad_rows=skip")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{path}: 4 rows (sft), format alpaca; kept 2, dropped: 1 missing_field, 1 wrong_type" in proc.stdout
+    proc = run_cli("validate", "configs/tiny.yaml", "--set", f"data.sft.path={path}")
+    assert proc.returncode == 1
+    assert f"error: {path}: line 2: missing field 'output'" in proc.stderr
+    assert f"error: {path}: line 4: field 'output' must be a string, got int" in proc.stderr  # all problems at once
