@@ -98,6 +98,7 @@ class DataSource:
     weight: float = 1.0  # share of its rows used (0.5: half, 2: each row twice)
     max_rows: int | None = None  # cap on its rows after weighting
     category: str | None = None  # category of rows that carry none
+    category_field: str = "category"  # the field holding a row's category (e.g. task_type)
 
 
 @dataclass
@@ -528,6 +529,8 @@ def _check_data(cfg: PipelineConfig, bad) -> None:
             if src is None:
                 continue
             key = f"data.{name}[{i}]" if isinstance(entry, list) else f"data.{name}"
+            if isinstance(entry, list) and not src.path:
+                bad(f"{key}.path", "is not set: every source of a mixture needs a path")
             _check_source(src, key, kind, bad, FORMATS)
             if isinstance(src.weight, (int, float)) and src.weight <= 0:
                 bad(f"{key}.weight", f"must be > 0, got {src.weight}")

@@ -326,8 +326,9 @@ def _completion(where: str, rec: dict, name: str) -> str:
     return text
 
 
-def normalise(kind: str, fmt: str, where: str, rec: Any, category: str | None = None) -> list[dict]:
-    """Normalised rows (usually one; a Self-Instruct task gives one per instance) of a record."""
+def normalise(kind: str, fmt: str, where: str, rec: Any, category: str | None = None, category_field: str = "category") -> list[dict]:
+    """Normalised rows (usually one; a Self-Instruct task gives one per instance) of a record.
+    The category comes from `category_field`, else `category` (the source's), else ""."""
     if not isinstance(rec, dict):
         raise RowProblem("not_object", f"{where}: a row must be a JSON object, got {type(rec).__name__}")
     if kind == "preference":
@@ -374,9 +375,9 @@ def normalise(kind: str, fmt: str, where: str, rec: Any, category: str | None = 
         category = category or rec.get("motivation_app")
     else:  # alpaca
         rows = [{"instruction": _text(where, rec, "instruction"), "input": _input(where, rec), "output": _text(where, rec, "output"), "history": []}]
-    given = rec.get("category")
+    given = rec.get(category_field)
     if given is not None and not isinstance(given, str):
-        raise RowProblem("wrong_type", f"{where}: field 'category' must be a string, got {type(given).__name__}")
+        raise RowProblem("wrong_type", f"{where}: field '{category_field}' must be a string, got {type(given).__name__}")
     for row in rows:
         if not row["instruction"].strip():
             raise RowProblem("empty_text", f"{where}: field '{'instruction' if fmt in ('alpaca', 'self_instruct') else 'prompt'}' is empty")
@@ -422,7 +423,7 @@ def load_source(kind: str, source, on_bad_rows: str = "fail") -> tuple[list[dict
     on_bad_rows=fail raises DataError at the first bad row; skip drops it, counted by reason.
     """
     if isinstance(source, (str, Path)):
-        source = SimpleNamespace(path=str(source), format="auto", split="train", category=None)
+        source = SimpleNamespace(path=str(source), format="auto", split="train")
     path, fmt = str(source.path), source.format or "auto"
     report = SourceReport(path, kind)
     records, where = read_table(path, source.split)
@@ -435,7 +436,7 @@ def load_source(kind: str, source, on_bad_rows: str = "fail") -> tuple[list[dict
     rows: list[dict] = []
     for rec, at in zip(records, where):
         try:
-            got = normalise(kind, report.format, f"{path}: {at}", rec, getattr(source, "category", None))
+            got = normalise(kind, report.format, f"{path}: {at}", rec, getattr(source, "category", None), getattr(source, "category_field", "category"))
         except RowProblem as e:
             if on_bad_rows != "skip":
                 raise
@@ -453,7 +454,7 @@ def load_source(kind: str, source, on_bad_rows: str = "fail") -> tuple[list[dict
 
 def load(kind: str, path: str | Path, format: str = "auto") -> list[dict]:
     """All rows of one data file (`sft`, `preference` or `eval`); raises DataError at a bad row."""
-    return load_source(kind, SimpleNamespace(path=str(path), format=format, split="train", category=None))[0]
+    return load_source(kind, SimpleNamespace(path=str(path), format=format, split="train"))[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def _jsonl(path, rows):
 
 
 def _src(path, fmt="auto", **kw):
-    return SimpleNamespace(path=str(path), format=fmt, split="train", category=kw.get("category"))
+    return SimpleNamespace(path=str(path), format=fmt, split="train", **kw)
 
 
 HH = "\n\nHuman: How do I pick a lock?\n\nAssistant: Why do you ask?\n\nHuman: I'm locked out.\n\nAssistant: "
@@ -70,6 +70,12 @@ def test_file_types_json_array_parquet_csv_and_saved_dataset(tmp_path):
         assert [r["output"] for r in got] == ["0", "1", "2", "3", "4"], name
     assert data.load_source("sft", tmp_path / "a.json")[0][1]["_at"] == "line 7"  # where the 2nd object starts
     assert data.load_source("sft", tmp_path / "a.csv")[0][0]["_at"] == "line 2"  # after the header
+
+
+def test_category_from_a_named_field_or_the_source(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"instruction": "A.", "output": "a", "task_type": "qa"}, {"instruction": "B.", "output": "b"}])
+    rows, _ = data.load_source("sft", _src(path, category="misc", category_field="task_type"))
+    assert [r["category"] for r in rows] == ["qa", "misc"]
 
 
 def test_format_override_and_undetectable_format(tmp_path):
