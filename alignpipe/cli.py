@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "else 1 with one line per problem."))
     st = sub.add_parser("stage", help="run one stage", description="Run one stage. Upstream results come from the config "
                         "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
-    st.add_argument("name", choices=STAGES)
+    st.add_argument("name", choices=STAGES + ("self_instruct",))
     with_config(st)
     st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
     run = with_config(sub.add_parser("run", help="run the Prefect flow `pipeline`: select -> sft -> dpo -> evaluate -> gate",
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stage":
             from flows.pipeline import run_stage
 
-            result = run_stage(cfg, args.name)
+            result = _self_instruct(cfg) if args.name == "self_instruct" else run_stage(cfg, args.name)
             if args.result_json:
                 from alignpipe.tracking import write_result
 
@@ -177,21 +177,64 @@ def _prefix_output(prefix: str) -> None:
 
 
 def load_and_validate(path: str, overrides: list[str]):
-    """The config and every data file it names, checked together; ConfigError lists all problems."""
+    """The config and every data file it names, checked together; ConfigError lists all problems.
+
+    Prints, per source, its detected format and rows read/kept/dropped by reason, then per
+    training stage the rows left after dedup and decontamination."""
     from alignpipe import data
     from alignpipe.config import ConfigError, load_config
 
     cfg = load_config(path, overrides)
     problems = []
-    for kind, src in (("sft", cfg.data.sft), ("preference", cfg.data.preference), ("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)):
-        if src.path:
-            rows, found = data.problems(kind, src.path)
-            problems.extend(found)
-            if not found:
-                print(f"{src.path}: {rows} rows ({kind})")
+    entries = [("sft", cfg.data.sft), ("preference", cfg.data.preference), ("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)]
+    if cfg.data.safety.path:
+        entries.append(("sft", cfg.data.safety))
+    if cfg.self_instruct.seed_tasks:
+        entries.append(("sft", cfg.self_instruct.seed_tasks))
+    for kind, entry in entries:
+        for src in data.sources(entry) if not isinstance(entry, str) else [entry]:
+            try:
+                _, report = data.load_source(kind, src, on_bad_rows="skip")
+            except data.DataError as e:
+                problems.append(str(e))
+                continue
+            print(report.line())
+            if cfg.data.on_bad_rows == "fail":
+                problems.extend(report.problems[:20])
     if problems:
         raise ConfigError(problems)
+    try:
+        evals = data.eval_sets(cfg)
+        for kind in ("sft", "preference"):
+            rows, report = data.stage_rows(cfg, kind, evals=evals)
+            print(_stage_summary(kind, rows, report))
+    except data.DataError as e:
+        raise ConfigError([str(e)]) from None
     return cfg
+
+
+def _stage_summary(kind: str, rows: list, report: dict) -> str:
+    dc = report.get("decontamination")
+    parts = [f"{len(rows)} training rows"]
+    if "safety_rows" in report:
+        parts.append(f"{report['safety_rows']} refusal rows mixed in")
+    if "duplicates_dropped" in report:
+        parts.append(f"{report['duplicates_dropped']} duplicates dropped")
+    if dc:
+        parts.append(f"{dc['exact'] + dc['ngram_only']} contaminated ({dc['exact']} exact, {dc['ngram_only']} {dc['ngram']}-gram) "
+                     f"against {len(dc['eval_sets'])} eval set(s), {dc['removed']} removed")
+    return f"{kind}: " + "; ".join(parts)
+
+
+def _self_instruct(cfg) -> dict:
+    """The Self-Instruct stage; its generator defaults to the selected base model."""
+    from flows.pipeline import previous_result, run_stage
+    from stages.self_instruct import run_self_instruct
+
+    generator = cfg.self_instruct.generator or cfg.sft.model_path
+    if not generator:
+        generator = (previous_result(cfg, "select") or run_stage(cfg, "select"))["model_path"]
+    return run_self_instruct(cfg, generator)
 
 
 def _report_stage(result: dict) -> None:
@@ -202,6 +245,9 @@ def _report_stage(result: dict) -> None:
         print(f"selected {result['reason']}")
     elif result["stage"] == "evaluate":
         print(format_table(result["metrics"]))
+    elif result["stage"] == "self_instruct":
+        print(f"data: {result['data_path']}")
+        print("  ".join(f"{k}={v}" for k, v in result["metrics"].items()))
     else:
         print(f"model: {result['model_path']}")
         print("  ".join(f"{k}={v:.4g}" for k, v in sorted(result["metrics"].items())))

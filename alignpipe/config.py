@@ -92,17 +92,67 @@ class ModelSection:
 
 @dataclass
 class DataSource:
+    """One data file, `save_to_disk` folder or hub id, and its share of the stage's mixture."""
+
+    path: str | None = None
+    format: str = "auto"  # auto-detected from the fields; see alignpipe.data.FORMATS
+    split: str = "train"  # for hub ids and saved DatasetDicts
+    weight: float = 1.0  # share of its rows used (0.5: half, 2: each row twice)
+    max_rows: int | None = None  # cap on its rows after weighting
+    category: str | None = None  # category of rows that carry none
+    category_field: str = "category"  # the field holding a row's category (e.g. task_type)
+
+
+@dataclass
+class SafetyMix:
+    """Refusal rows mixed into SFT so they make up `fraction` of the training rows."""
+
     path: str | None = None
     format: str = "auto"
+    split: str = "train"
+    category: str | None = None  # only rows of this category (e.g. safety); None: all rows
+    fraction: float = 0.0
 
 
 @dataclass
 class DataSection:
-    sft: DataSource = field(default_factory=DataSource)
-    preference: DataSource = field(default_factory=DataSource)
-    eval: DataSource = field(default_factory=DataSource)
-    eval_preference: DataSource = field(default_factory=DataSource)
+    sft: DataSource | list[DataSource] = field(default_factory=DataSource)
+    preference: DataSource | list[DataSource] = field(default_factory=DataSource)
+    eval: DataSource | list[DataSource] = field(default_factory=DataSource)
+    eval_preference: DataSource | list[DataSource] = field(default_factory=DataSource)
     validation_rows: int = 64  # rows hashed out of the SFT/preference data for select and eval_loss
+    on_bad_rows: str = "fail"  # fail | skip (skipped rows are counted by reason and logged)
+    dedup: bool = True  # drop exact duplicate training rows
+    decontaminate: str = "remove"  # remove | fail | off: training rows overlapping any eval set
+    ngram: int = 13  # n-gram length for decontamination
+    heldout_categories: list[str] = field(default_factory=list)  # kept out of training entirely
+    safety: SafetyMix = field(default_factory=SafetyMix)
+
+
+@dataclass
+class FormatsSection:
+    """Format variation in training, and format robustness in evaluation."""
+
+    variation: float = 0.0  # share of training rows rendered with a varied template
+    robustness_rows: int = 48  # eval rows also scored under templates never used in training (0: off)
+
+
+@dataclass
+class SelfInstructSection:
+    """Self-Instruct bootstrapping (Wang et al. 2023) before SFT; its rows join the SFT mixture."""
+
+    enabled: bool = False
+    seed_tasks: str | None = None  # seed tasks in the Self-Instruct format ({instruction, instances, ...})
+    generator: str | None = None  # model path or hub id; default: the selected base model
+    rounds: int = 2
+    prompts_per_round: int = 8  # generation prompts per round
+    prompt_instructions: int = 8  # instructions shown per prompt (paper: 6 seed + 2 generated)
+    max_new_tokens: int = 96
+    temperature: float = 0.7
+    top_p: float = 0.5
+    rouge_threshold: float = 0.7  # keep an instruction only if ROUGE-L < this against every one in the pool
+    min_words: int = 3
+    max_words: int = 150
 
 
 @dataclass
@@ -213,6 +263,8 @@ class PipelineConfig:
     sft: SFTSection = field(default_factory=SFTSection)
     preference: PreferenceSection = field(default_factory=PreferenceSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    formats: FormatsSection = field(default_factory=FormatsSection)
+    self_instruct: SelfInstructSection = field(default_factory=SelfInstructSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     orchestration: OrchestrationSection = field(default_factory=OrchestrationSection)
@@ -246,7 +298,7 @@ TEMPLATES = ("alpaca", "chat")
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_MODELS = ("base", "sft", "dpo")
 # Keys whose relative values are file paths, resolved against the YAML file's folder.
-_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile"}
+_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator"}
 LAUNCHERS = ("deepspeed", "accelerate")
 # DeepSpeed keys that TrainingArguments fills when "auto", and the TRL fields that own them.
 _DS_OWNED = {
@@ -403,6 +455,9 @@ def _coerce(tp: Any, value: Any, dotted: str, problems: list[str], where: str) -
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _coerce(inner[0], value, dotted, problems, where)
+        for a in inner:  # e.g. DataSource | list[DataSource]: the shape of the value decides
+            if (isinstance(value, dict) and dataclasses.is_dataclass(a)) or (isinstance(value, list) and typing.get_origin(a) is list):
+                return _coerce(a, value, dotted, problems, where)
         for a in inner:  # e.g. list[str] | str: first that fits without problems
             trial: list[str] = []
             out = _coerce(a, value, dotted, trial, where)
@@ -477,16 +532,8 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
                 bad(f"{key}.tiny.num_heads", f"({t.num_heads}) must be divisible by num_kv_heads ({t.num_kv_heads})")
     if cfg.model.dtype not in DTYPES:
         bad("model.dtype", f"must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}")
-    for name in ("sft", "preference", "eval"):
-        src: DataSource = getattr(cfg.data, name)
-        key = f"data.{name}.path"
-        if not src.path:
-            bad(key, "is not set: give the data file for this stage")
-        elif _looks_like_file(src.path) and not Path(src.path).exists():
-            bad(key, f"file {src.path} does not exist")
-    ep = cfg.data.eval_preference.path
-    if ep and _looks_like_file(ep) and not Path(ep).exists():
-        bad("data.eval_preference.path", f"file {ep} does not exist")
+    _check_data(cfg, bad)
+    _check_self_instruct(cfg, bad)
     if cfg.sft.template not in TEMPLATES:
         bad("sft.template", f"must be one of {', '.join(TEMPLATES)}, got {cfg.sft.template!r}")
     for section in ("sft", "preference"):
@@ -511,6 +558,66 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     if "wandb" in cfg.tracking.report_to and not wandb_usable():
         bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
             "run `export WANDB_MODE=offline` to log locally, or `wandb login`, or drop wandb from tracking.report_to")
+
+
+def _check_data(cfg: PipelineConfig, bad) -> None:
+    from alignpipe.data import FORMATS
+
+    d = cfg.data
+    for name, kind in (("sft", "sft"), ("preference", "preference"), ("eval", "eval"), ("eval_preference", "preference")):
+        entry = getattr(d, name)
+        entries = entry if isinstance(entry, list) else [entry]
+        if name != "eval_preference" and not any(s is not None and s.path for s in entries):
+            bad(f"data.{name}.path", "is not set: give the data file for this stage")
+        for i, src in enumerate(entries):
+            if src is None:
+                continue
+            key = f"data.{name}[{i}]" if isinstance(entry, list) else f"data.{name}"
+            if isinstance(entry, list) and not src.path:
+                bad(f"{key}.path", "is not set: every source of a mixture needs a path")
+            _check_source(src, key, kind, bad, FORMATS)
+            if isinstance(src.weight, (int, float)) and src.weight <= 0:
+                bad(f"{key}.weight", f"must be > 0, got {src.weight}")
+            if isinstance(src.max_rows, int) and src.max_rows < 1:
+                bad(f"{key}.max_rows", f"must be >= 1, got {src.max_rows}")
+    if d.safety.path:
+        _check_source(d.safety, "data.safety", "sft", bad, FORMATS)
+    if isinstance(d.safety.fraction, float) and not 0 <= d.safety.fraction < 1:
+        bad("data.safety.fraction", f"must be in [0, 1), got {d.safety.fraction}")
+    elif isinstance(d.safety.fraction, float) and d.safety.fraction > 0 and not d.safety.path:
+        bad("data.safety.path", "is not set but data.safety.fraction > 0: give a file of refusal rows")
+    if d.on_bad_rows not in ("fail", "skip"):
+        bad("data.on_bad_rows", f"must be fail or skip, got {d.on_bad_rows!r}")
+    if d.decontaminate not in ("remove", "fail", "off"):
+        bad("data.decontaminate", f"must be remove, fail or off, got {d.decontaminate!r}")
+    if isinstance(d.ngram, int) and d.ngram < 1:
+        bad("data.ngram", f"must be >= 1, got {d.ngram}")
+    v = cfg.formats.variation
+    if isinstance(v, float) and not 0 <= v <= 1:
+        bad("formats.variation", f"must be in [0, 1], got {v}")
+    if isinstance(cfg.formats.robustness_rows, int) and cfg.formats.robustness_rows < 0:
+        bad("formats.robustness_rows", f"must be >= 0, got {cfg.formats.robustness_rows}")
+
+
+def _check_source(src, key: str, kind: str, bad, formats) -> None:
+    if src.path and _looks_like_file(src.path) and not Path(src.path).expanduser().exists():
+        bad(f"{key}.path", f"file {src.path} does not exist")
+    if src.format != "auto" and src.format not in formats[kind]:
+        bad(f"{key}.format", f"must be auto or one of {', '.join(formats[kind])} for {kind} data, got {src.format!r}")
+
+
+def _check_self_instruct(cfg: PipelineConfig, bad) -> None:
+    si = cfg.self_instruct
+    if si.enabled and not si.seed_tasks:
+        bad("self_instruct.seed_tasks", "is not set: give a seed task file in the Self-Instruct format")
+    if si.seed_tasks and not Path(si.seed_tasks).expanduser().is_file():
+        bad("self_instruct.seed_tasks", f"file {si.seed_tasks} does not exist")
+    for name in ("rounds", "prompts_per_round", "prompt_instructions", "max_new_tokens", "min_words", "max_words"):
+        value = getattr(si, name)
+        if isinstance(value, int) and value < 1:
+            bad(f"self_instruct.{name}", f"must be >= 1, got {value}")
+    if isinstance(si.rouge_threshold, float) and not 0 < si.rouge_threshold <= 1:
+        bad("self_instruct.rouge_threshold", f"must be in (0, 1], got {si.rouge_threshold}")
 
 
 def _check_distributed(cfg: PipelineConfig, bad) -> None:

@@ -187,9 +187,14 @@ def log_dataset(path: str, context: str, digest: str | None = None, rows: int | 
     local = Path(path).exists()
     source = str(Path(path).resolve()) if local else path
     digest = digest or (file_digest(path) if local and Path(path).is_file() else None)
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": it is a local file
-        warnings.simplefilter("ignore")
-        src = resolve_dataset_source(source)
+    if local:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": it is a local file
+            warnings.simplefilter("ignore")
+            src = resolve_dataset_source(source)
+    else:  # a hub id
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        src = HuggingFaceDatasetSource(path=path)
     ds = MetaDataset(src, name=Path(path).name, digest=digest[:32] if digest else None)  # MLflow keeps <= 36 chars
     tags = {"sha256": digest} if digest else {}
     if rows is not None:
@@ -267,6 +272,11 @@ def log_model_input(model_path: str, role: str) -> str | None:
     mlflow.log_input(model=LoggedModelInput(model_id))
     mlflow.set_tag(f"alignpipe.input_model.{role}", model_id)
     return model_id
+
+
+def log_artifact(path: str | Path) -> None:
+    if is_main():
+        mlflow.log_artifact(str(path))
 
 
 def log_json(obj: Any, name: str) -> None:

@@ -1,4 +1,5 @@
-"""The Prefect flow `pipeline`, read top to bottom: select -> sft -> preference -> evaluate -> gate.
+"""The Prefect flow `pipeline`, read top to bottom:
+select -> [self_instruct] -> sft -> preference -> evaluate -> promote (the gate) -> compare.
 
 Each stage is a Prefect task that runs the stage in this process (or, when the stage is
 distributed, as a launched job whose whole process group dies on timeout or cancel) and returns
@@ -59,7 +60,10 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
     with tracking.pipeline_run(cfg, _flow_tags(cfg, preference)) as parent:
         selected = _stage("select", cfg, {}) if not cfg.sft.model_path else None
         base = cfg.sft.model_path or selected["model_path"]
-        sft = _stage("sft", cfg, {"base": base})
+        generated = None
+        if cfg.self_instruct.enabled:  # Self-Instruct rows join the SFT mixture
+            generated = _stage("self_instruct", cfg, {"generator": cfg.self_instruct.generator or base})["data_path"]
+        sft = _stage("sft", cfg, {"base": base, "generated": generated})
         final, models = sft, {"base": base, "sft": sft["model_path"]}
         if preference:
             start = cfg.preference.model_path or sft["model_path"]
@@ -122,10 +126,14 @@ def _run(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
         else:  # ranks read their upstream result from the state dir, as `alignpipe stage` does
             write_result(cfg.run_dir / "sft.json", {"stage": "sft", "model_path": inputs["sft"], "template": inputs["template"]})
         return launch.run(cfg, name, timeout=policy.timeout_seconds)
+    if stage == "self_instruct":
+        from stages.self_instruct import run_self_instruct
+
+        return run_self_instruct(cfg, inputs["generator"])
     if stage == "sft":
         from stages.sft import run_sft
 
-        return run_sft(cfg, inputs["base"])
+        return run_sft(cfg, inputs["base"], inputs["generated"])
     if stage == "preference":
         from stages.dpo import run_dpo
 
@@ -158,8 +166,9 @@ def _stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
 
 
 def _outputs_intact(result: dict) -> bool:
-    path = result.get("model_path")
-    return path is None or not str(path).startswith("/") or Path(path).is_dir()
+    """The files a (cached) result points at are still there (a hub id is not a file)."""
+    paths = [result.get("model_path"), result.get("data_path")]
+    return all(Path(p).exists() for p in paths if p and str(p).startswith("/"))
 
 
 # -- gate and comparison -------------------------------------------------------------------------

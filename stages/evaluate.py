@@ -8,6 +8,9 @@ Per model, on data never trained on:
   the chosen answer of a held-out pair; with the SFT model as reference, the DPO implicit
   reward accuracy and margin (`reward_accuracy`, `reward_margin`, beta = evaluate.beta);
 - refusal_rate on unsafe prompts and over_refusal on safe ones;
+- loss_seen / loss_heldout: response NLL on rows of categories seen in training vs held out;
+- format robustness: accuracy on the same prompts under templates never used in training
+  (`format_robust_acc`, and `format_gap` = accuracy in the training template minus it);
 - sample generations, logged as an MLflow table.
 """
 
@@ -36,14 +39,15 @@ HEADLINE = {
 def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str | None = None) -> dict:
     """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite."""
     template = template or cfg.sft.template
-    rows = data.load("eval", cfg.data.eval.path)
-    pairs = data.load("preference", cfg.data.eval_preference.path) if cfg.data.eval_preference.path else []
-    seen = {r["category"] for r in data.load("sft", cfg.data.sft.path)}
+    rows = data.eval_rows(cfg, "eval")
+    pairs = data.eval_rows(cfg, "eval_preference")
+    seen = data.seen_categories(cfg)
     section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template}
     with tracking.stage_run(cfg, "evaluate", section) as run:
-        mlflow.log_params({"eval_digest": data.file_digest(cfg.data.eval.path), "eval_rows": len(rows), "eval_pairs": len(pairs)})
-        tracking.log_dataset(cfg.data.eval.path, "eval", rows=len(rows))
-        tracking.log_dataset(cfg.data.eval_preference.path, "eval_preference", rows=len(pairs))
+        mlflow.log_params({"eval_digest": data.rows_digest(rows), "eval_rows": len(rows), "eval_pairs": len(pairs)})
+        for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
+            for src in data.sources(getattr(cfg.data, name)):
+                tracking.log_dataset(src.path, context)
         for name, path in model_paths.items():
             tracking.log_model_input(path, f"scored.{name}")
         reference = _pair_logprobs(model_paths["sft"], cfg, template, pairs) if "sft" in model_paths and pairs else None
@@ -73,7 +77,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
     model.eval()
     tok = models.load_tokenizer(path, cfg.model)
     ev = cfg.evaluate
-    prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in rows]
+    prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"], r.get("history")) for r in rows]
     outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
     correct = [checks.check(r, o) for r, o in zip(rows, outputs)]
     refused = [checks.is_refusal(o) for o in outputs]
@@ -81,6 +85,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
     scores = scoring.response_logprobs(model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size)
     heldout_loss, _ = scoring.perplexity(scores)
+    by_seen = {k: [s for i, s in zip(task, scores) if (rows[i]["category"] in seen) == k] for k in (True, False)}
 
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for i in task:
@@ -97,7 +102,10 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
         "acc_heldout": _mean(unseen_acc),
         "refusal_rate": _mean(unsafe),
         "over_refusal": _mean(safe),
+        "loss_seen": round(scoring.perplexity(by_seen[True])[0], 4) if by_seen[True] else None,
+        "loss_heldout": round(scoring.perplexity(by_seen[False])[0], 4) if by_seen[False] else None,
     }
+    metrics.update(_format_robustness(model, tok, template, rows, correct, cfg))
     if pairs:
         is_reference = name == "sft" and reference is not None  # already scored as the reference
         chosen, rejected = reference if is_reference else _pair_logprobs(path, cfg, template, pairs, model, tok)
@@ -124,13 +132,30 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
     return metrics, {c: round(a, 4) for c, a in cat_acc.items()}, samples
 
 
+def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
+    """Accuracy on up to formats.robustness_rows exact-check prompts under each unseen template."""
+    task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
+    picked = [task[j] for j in _spread([rows[i] for i in task], cfg.formats.robustness_rows)]
+    if not picked:
+        return {}
+    out = {}
+    for name in templates.UNSEEN:
+        prompts = [templates.unseen_prompt(name, template, tok, rows[i]["instruction"], rows[i]["input"], rows[i].get("history")) for i in picked]
+        outputs = scoring.generate(model, tok, prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size)
+        out[f"format_acc_{name}"] = _mean(checks.check(rows[i], o) for i, o in zip(picked, outputs))
+    robust = _mean(out.values())
+    out["format_robust_acc"] = robust
+    out["format_gap"] = round(_mean(correct[i] for i in picked) - robust, 4)
+    return out
+
+
 def _pair_logprobs(path, cfg, template, pairs, model=None, tok=None):
     """Summed log-probs of the chosen and the rejected answer of each pair."""
     if model is None:
         model = models.load_model(path, cfg.model)
         model.eval()
         tok = models.load_tokenizer(path, cfg.model)
-    prompts = [templates.generation_prompt(template, tok, p["instruction"], p["input"]) for p in pairs]
+    prompts = [templates.generation_prompt(template, tok, p["instruction"], p["input"], p.get("history")) for p in pairs]
     bs = cfg.evaluate.batch_size
     chosen = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["chosen"] for p in pairs], bs)]
     rejected = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["rejected"] for p in pairs], bs)]

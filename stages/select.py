@@ -26,7 +26,7 @@ BYTES_PER_PARAM_FULL_FT = 16  # fp32 weights + gradients + Adam's two moments
 
 
 def run_select(cfg: PipelineConfig) -> dict:
-    rows = data.load("sft", cfg.data.sft.path)
+    rows = data.stage_rows(cfg, "sft")[0]
     _, heldout = data.split_validation(rows, cfg.data.validation_rows)
     heldout = heldout or rows[: cfg.data.validation_rows]
     section = {"model": dataclasses.asdict(cfg.model), "select": dataclasses.asdict(cfg.select)}
@@ -53,7 +53,8 @@ def run_select(cfg: PipelineConfig) -> dict:
             if r["within_budget"]:
                 mlflow.log_metrics({f"{r['name']}.perplexity": r["perplexity"], f"{r['name']}.generation_f1": r["generation_f1"]})
         mlflow.log_table({k: [r.get(k) for r in ranking] for k in ranking[0]}, "ranking.json")
-        tracking.log_dataset(cfg.data.sft.path, "validation", rows=len(heldout))
+        for src in data.sources(cfg.data.sft):
+            tracking.log_dataset(src.path, "validation")
         tracking.log_model_input(pick["source"], "selected")
         mlflow.set_tags({"alignpipe.selected": pick["name"], "alignpipe.selected_source": pick["source"], "alignpipe.reason": reason[:5000]})
         result = {
@@ -63,7 +64,7 @@ def run_select(cfg: PipelineConfig) -> dict:
             "candidate": pick["name"],
             "reason": reason,
             "ranking": ranking,
-            "data_digest": data.file_digest(cfg.data.sft.path),
+            "data_digest": data.rows_digest(rows),
         }
         tracking.log_json(result, "result.json")
     tracking.write_result(cfg.run_dir / "select.json", result)
