@@ -30,10 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                                            "else 1 with one line per problem."))
     st = sub.add_parser("stage", help="run one stage", description="Run one stage. Upstream results come from the config "
                         "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
-    st.add_argument("name", choices=STAGES)
+    st.add_argument("name", choices=STAGES, help="a preference method's name (dpo, ppo, ...) runs that method; "
+                    "`preference` runs the config's preference.method")
     with_config(st)
     st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
-    with_config(sub.add_parser("run", help="run select -> sft -> dpo -> evaluate",
+    with_config(sub.add_parser("run", help="run select -> sft -> [reward] -> preference (dpo, ppo, ...) -> evaluate",
                                description="Run all stages in order and print the comparison table."))
     return p
 
@@ -141,7 +142,10 @@ def _report_pipeline(results: dict) -> None:
     metrics = results["evaluate"]["metrics"]
     print("\nEvaluation on the frozen suite (held-out prompts and pairs):")
     print(format_table(metrics))
-    for better, worse in (("sft", "base"), ("dpo", "sft")):
+    method = results["preference"]["stage"]
+    if results.get("reward"):
+        print(f"reward model: held-out pair accuracy {results['reward']['metrics'].get('eval_accuracy', float('nan')):.3f}")
+    for better, worse in (("sft", "base"), (method, "sft")):
         if better in metrics and worse in metrics:
             up, down = wins(metrics[better], metrics[worse])
             print(f"{better} vs {worse}: better on {len(up)} ({', '.join(up) or '-'}), worse on {len(down)} ({', '.join(down) or '-'})")

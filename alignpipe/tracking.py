@@ -148,3 +148,22 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def log_artifacts(folder: Path, name: str) -> str | None:
+    """Log a folder (e.g. a saved model) as run artifacts; returns its `runs:/` URI (rank 0)."""
+    if not is_main():
+        return None
+    mlflow.log_artifacts(str(folder), name)
+    return f"runs:/{mlflow.active_run().info.run_id}/{name}"
+
+
+def tag_upstream(cfg: PipelineConfig, stage: str, model_path: str) -> None:
+    """Lineage: tag the active run with the run id of the `stage` run that produced model_path
+    (when it is this experiment's latest result for that stage)."""
+    path = cfg.run_dir / f"{stage}.json"
+    if not path.is_file():
+        return
+    found = json.loads(path.read_text())
+    if found.get("model_path") == model_path and found.get("run_id"):
+        set_tag(f"alignpipe.{stage}_run_id", found["run_id"])

@@ -1,6 +1,8 @@
 """The one place that imports TRL's trainers and configs (their API moves between releases).
 
-trl is pinned to 1.12.0 on purpose: the last release that ships PPO (removed after 1.12).
+trl is pinned to 1.12.0 on purpose: the last release that ships PPO (removed after 1.12); PPO
+itself is imported only in `alignpipe.ppo_api`. ORPO and CPO (SimPO) live in `trl.experimental`
+in 1.12: those imports are here too, and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from typing import Any
 import torch
 
 
+# trl.experimental is used knowingly (pinned trl==1.12.0): no warning on every import.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
 def _classes(kind: str) -> tuple[type, type]:
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
@@ -25,7 +31,52 @@ def _classes(kind: str) -> tuple[type, type]:
         from trl import DPOConfig, DPOTrainer
 
         return DPOConfig, DPOTrainer
+    if kind == "reward":
+        from trl import RewardConfig, RewardTrainer
+
+        return RewardConfig, RewardTrainer
+    if kind == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOConfig, KTOTrainer
+    if kind == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOConfig, ORPOTrainer
+    if kind == "cpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        return CPOConfig, CPOTrainer
+    if kind == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        return RLOOConfig, RLOOTrainer
+    if kind == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOConfig, GRPOTrainer
+    if kind == "ppo":
+        from alignpipe import ppo_api
+
+        return ppo_api.classes()
     raise ValueError(f"unknown TRL method {kind!r}")
+
+
+# preference.method -> (TRL kind, values the method fixes in that kind's config)
+METHODS = {
+    "dpo": ("dpo", {}),
+    "kto": ("kto", {}),
+    "orpo": ("orpo", {}),
+    "simpo": ("cpo", {"loss_type": "simpo", "cpo_alpha": 0.0}),
+    "ppo": ("ppo", {}),
+    "rloo": ("rloo", {}),
+    "grpo": ("grpo", {}),
+}
+
+
+def kind_of(method: str) -> str:
+    """The TRL kind a preference method trains with (SimPO is TRL's CPO trainer)."""
+    return METHODS[method][0]
 
 
 @functools.cache
@@ -106,3 +157,7 @@ def _expected(tp: Any) -> str:
 def trainer(kind: str, **kwargs):
     _, cls = _classes(kind)
     return cls(**kwargs)
+
+
+def config_class_name(kind: str) -> str:
+    return _classes(kind)[0].__name__

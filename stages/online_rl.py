@@ -1,0 +1,65 @@
+"""Stage `rloo` / `grpo`: online RL from the SFT model with TRL's RLOOTrainer / GRPOTrainer.
+
+For each prompt of the preference data (under the SFT template) the policy samples
+`num_generations` answers; the trained reward model (from the `reward` stage) scores them, and
+each answer's advantage is its reward against the others' (RLOO: leave-one-out mean; GRPO:
+group-normalised). `beta` is the KL penalty to the SFT model. Resumes from its last checkpoint
+like the other training stages; runs in process only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from datasets import Dataset
+
+from alignpipe import data, models, templates, tracking, training, trl_api
+from alignpipe.config import PipelineConfig
+
+ONLINE_METHODS = ("rloo", "grpo")
+
+
+def run_online_rl(cfg: PipelineConfig, sft_model: str, reward_model: str, template: str | None = None) -> dict:
+    """Train `preference.method` (rloo | grpo) against the reward model, from the SFT model."""
+    method = cfg.preference.method
+    if method not in ONLINE_METHODS:
+        raise ValueError(f"run_online_rl: {method!r} is not one of {', '.join(ONLINE_METHODS)}")
+    template = template or cfg.sft.template
+    rows = data.load("preference", cfg.data.preference.path)
+    train_rows, _ = data.split_validation(rows, cfg.data.validation_rows)
+    section = {"preference": dataclasses.asdict(cfg.preference), "sft_model": sft_model, "reward_model": reward_model, "template": template}
+    inputs = {**section, "data": data.file_digest(cfg.data.preference.path), "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
+    out = training.stage_dir(cfg, method, inputs)
+    with tracking.stage_run(cfg, method, section) as run:
+        tok = models.load_tokenizer(sft_model, cfg.model)
+        args = trl_api.make_config(method, str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))
+        distinct = {(r["instruction"], r["input"]): None for r in train_rows}
+        prompts = [templates.training_prompt(template, instruction, inp) for instruction, inp in distinct]
+        trainer = trl_api.trainer(
+            method,
+            model=models.load_model(sft_model, cfg.model),
+            reward_funcs=models.load_scorer(reward_model, cfg.model, pad_token_id=tok.pad_token_id),
+            reward_processing_classes=models.load_tokenizer(reward_model, cfg.model),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            processing_class=tok,
+            peft_config=training.lora_config(cfg.preference.lora),
+            callbacks=[tracking.MetricsCallback()],
+        )
+        tracking.log_params({"train_prompts": len(prompts), "data_digest": inputs["data"], "reference_model": sft_model, "reward_model": reward_model})
+        tracking.tag_upstream(cfg, "reward", reward_model)
+        tracking.tag_upstream(cfg, "sft", sft_model)
+        metrics, model_dir = training.fit(trainer, tok, out, method)
+        result = {
+            "stage": method,
+            "run_id": run.info.run_id,
+            "model_path": str(model_dir),
+            "reference_model": sft_model,
+            "reward_model": reward_model,
+            "template": template,
+            "metrics": metrics,
+            "data_digest": inputs["data"],
+        }
+        tracking.log_json(result, "result.json")
+    tracking.write_result(cfg.run_dir / f"{method}.json", result)
+    return result
