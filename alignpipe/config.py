@@ -503,6 +503,8 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
             bad(f"{section}.model_path", f"model directory {mp} does not exist (or give a hub id such as Qwen/Qwen2.5-0.5B)")
     if cfg.preference.method not in PREFERENCE_METHODS:
         bad("preference.method", f"must be one of {', '.join(PREFERENCE_METHODS)}, got {cfg.preference.method!r}")
+    if cfg.preference.method == "simpo" and cfg.preference.trl.get("loss_type", "simpo") != "simpo":
+        bad("preference.loss_type", f"must be simpo for preference.method=simpo (TRL's CPOTrainer), got {cfg.preference.trl['loss_type']!r}")
     # The preference model may also be named by the method that trains it (e.g. the old `dpo`).
     cfg.evaluate.models = ["preference" if m == cfg.preference.method else m for m in cfg.evaluate.models]
     for m in cfg.evaluate.models:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import tempfile
 import types
@@ -22,47 +23,33 @@ import torch
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
+# kind -> (module, config class, trainer class). ORPO and CPO are experimental in trl 1.12;
+# PPO is imported only by alignpipe.ppo_api.
+_TRL = {
+    "sft": ("trl", "SFTConfig", "SFTTrainer"),
+    "dpo": ("trl", "DPOConfig", "DPOTrainer"),
+    "reward": ("trl", "RewardConfig", "RewardTrainer"),
+    "kto": ("trl", "KTOConfig", "KTOTrainer"),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
+    "cpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),
+    "rloo": ("trl", "RLOOConfig", "RLOOTrainer"),
+    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
+}
+
+
 def _classes(kind: str) -> tuple[type, type]:
-    if kind == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        return SFTConfig, SFTTrainer
-    if kind == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        return DPOConfig, DPOTrainer
-    if kind == "reward":
-        from trl import RewardConfig, RewardTrainer
-
-        return RewardConfig, RewardTrainer
-    if kind == "kto":
-        from trl import KTOConfig, KTOTrainer
-
-        return KTOConfig, KTOTrainer
-    if kind == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-        return ORPOConfig, ORPOTrainer
-    if kind == "cpo":
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-        return CPOConfig, CPOTrainer
-    if kind == "rloo":
-        from trl import RLOOConfig, RLOOTrainer
-
-        return RLOOConfig, RLOOTrainer
-    if kind == "grpo":
-        from trl import GRPOConfig, GRPOTrainer
-
-        return GRPOConfig, GRPOTrainer
     if kind == "ppo":
         from alignpipe import ppo_api
 
         return ppo_api.classes()
-    raise ValueError(f"unknown TRL method {kind!r}")
+    if kind not in _TRL:
+        raise ValueError(f"unknown TRL method {kind!r}")
+    module, config, trainer = _TRL[kind]
+    loaded = importlib.import_module(module)
+    return getattr(loaded, config), getattr(loaded, trainer)
 
 
-# preference.method -> (TRL kind, values the method fixes in that kind's config)
+# preference.method -> (TRL kind, the method's own defaults in that kind's config)
 METHODS = {
     "dpo": ("dpo", {}),
     "kto": ("kto", {}),
