@@ -164,3 +164,15 @@ def test_alignpipe_run_with_ppo(state, sft):
     mlflow.set_tracking_uri(cfg.tracking_uri)
     names = [r.info.run_name for r in mlflow.search_runs(experiment_names=[cfg.experiment], output_format="list")]
     assert {"reward", "ppo", "evaluate"} <= set(names)
+
+
+def test_stage_named_after_a_method_runs_it_with_the_earlier_reward_model(state, sft, reward):
+    """`alignpipe stage ppo` on a dpo recipe: runs PPO, taking the SFT and reward models of this experiment."""
+    out = run_cli("stage", "ppo", "configs/tiny.yaml", *[a for o in FAST for a in ("--set", o)], "--set", "preference.method=dpo",
+                  env={"ALIGNPIPE_HOME": str(state), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = config("preference.method=ppo")
+    result = json.loads((cfg.run_dir / "ppo.json").read_text())
+    assert f"ppo: MLflow run {result['run_id']}" in out.stdout
+    assert result["reward_model"] == json.loads((cfg.run_dir / "reward.json").read_text())["model_path"]
+    assert result["reference_model"] == json.loads((cfg.run_dir / "sft.json").read_text())["model_path"]
