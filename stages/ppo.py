@@ -34,6 +34,7 @@ def run_ppo(cfg: PipelineConfig, sft_model: str, reward_model: str, template: st
     out = training.stage_dir(cfg, "ppo", inputs)
     with tracking.stage_run(cfg, "ppo", section) as run:
         tok = models.load_tokenizer(sft_model, cfg.model)
+        tok.padding_side = "left"  # PPO batches prompts for generation: pad them on the left
         args = trl_api.make_config("ppo", str(out / "checkpoints"), cfg.preference.trl, ours={**training.common_args(cfg), **_OURS})
         if args.total_episodes is None and args.max_steps > 0:
             args.total_episodes = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
