@@ -353,15 +353,16 @@ def _method_sections(raw: dict[str, Any], prefix: str, problems: list[str], wher
         sub = raw.pop(method)
         if sub is None:
             continue
+        kind = trl_api.kind_of(method)
         if not isinstance(sub, dict):
-            problems.append(f"{where}: '{prefix}{method}' must be a mapping of trl.{trl_api.config_class_name(trl_api.kind_of(method))} fields, got {sub!r}")
+            problems.append(f"{where}: '{prefix}{method}' must be a mapping of trl.{trl_api.config_class_name(kind)} fields, got {sub!r}")
             continue
-        fields = trl_api.config_fields(trl_api.kind_of(method))
+        fields = trl_api.config_fields(kind)
         for key in sub:
             if key not in fields:
                 close = difflib.get_close_matches(str(key), sorted(fields), n=1)
                 hint = f"; did you mean '{prefix}{method}.{close[0]}'?" if close else ""
-                problems.append(f"{where}: unknown key '{prefix}{method}.{key}' (not a field of trl.{trl_api.config_class_name(trl_api.kind_of(method))}){hint}")
+                problems.append(f"{where}: unknown key '{prefix}{method}.{key}' (not a field of trl.{trl_api.config_class_name(kind)}){hint}")
         found[method] = {k: v for k, v in sub.items() if k in fields}
     return found
 
@@ -375,13 +376,14 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
         return cls()
     hints = typing.get_type_hints(cls)
     own = {f.name: f for f in dataclasses.fields(cls) if f.name != "trl" and not f.metadata.get("internal")}
-    passthrough = _passthrough_fields(cls, raw.get("method", "dpo"))
+    method = raw.get("method") if isinstance(raw.get("method"), str) else "dpo"  # a bad one is reported later
+    passthrough = _passthrough_fields(cls, method)
     kwargs: dict[str, Any] = {}
     trl_kwargs: dict[str, Any] = {}
     if cls is PreferenceSection:  # the chosen method's own sub-section first; direct keys win
         raw = dict(raw)
         per_method = _method_sections(raw, prefix, problems, where)
-        trl_kwargs.update(per_method.get(raw.get("method", "dpo"), {}))
+        trl_kwargs.update(per_method.get(method, {}))
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key in own:
@@ -501,7 +503,7 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         mp = getattr(cfg, section).model_path
         if mp and _written_as_path(mp) and not Path(mp).expanduser().is_dir():
             bad(f"{section}.model_path", f"model directory {mp} does not exist (or give a hub id such as Qwen/Qwen2.5-0.5B)")
-    if cfg.preference.method not in PREFERENCE_METHODS:
+    if cfg.preference.method is not None and cfg.preference.method not in PREFERENCE_METHODS:  # None: mistyped, reported
         bad("preference.method", f"must be one of {', '.join(PREFERENCE_METHODS)}, got {cfg.preference.method!r}")
     if cfg.preference.method == "simpo" and cfg.preference.trl.get("loss_type", "simpo") != "simpo":
         bad("preference.loss_type", f"must be simpo for preference.method=simpo (TRL's CPOTrainer), got {cfg.preference.trl['loss_type']!r}")

@@ -99,6 +99,11 @@ def test_every_method_has_tiny_settings_that_validate(state):
     for method in PREFERENCE_METHODS:
         cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"preference.method={method}"])
         assert cfg.preference.trl.get("max_steps"), method
+    dpo = load_config(ROOT / "configs" / "tiny.yaml")
+    assert dpo.preference.method == "dpo" and dpo.preference.trl == {  # the default recipe's DPO, as before
+        "beta": 0.1, "loss_type": ["sigmoid", "sft"], "max_steps": 120, "learning_rate": 3e-4,
+        "per_device_train_batch_size": 16, "max_length": 256, "logging_steps": 10, "save_steps": 60}
+    assert load_config(ROOT / "configs" / "tiny.yaml", ["preference.max_steps=5"]).preference.trl["max_steps"] == 5
 
 
 def test_method_fields_are_checked_against_its_own_trl_config():
