@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("select", "sft", "dpo", "evaluate")
+from alignpipe.config import PREFERENCE_METHODS
+
+STAGES = ("select", "self_instruct", "sft", "reward", *PREFERENCE_METHODS, "preference", "evaluate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,10 +32,11 @@ def _parser() -> argparse.ArgumentParser:
                                            "else 1 with one line per problem."))
     st = sub.add_parser("stage", help="run one stage", description="Run one stage. Upstream results come from the config "
                         "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
-    st.add_argument("name", choices=STAGES + ("self_instruct",))
+    st.add_argument("name", choices=STAGES, help="a preference method's name (dpo, ppo, ...) runs that method; "
+                    "`preference` runs the config's preference.method")
     with_config(st)
     st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
-    run = with_config(sub.add_parser("run", help="run the Prefect flow `pipeline`: select -> sft -> dpo -> evaluate -> gate",
+    run = with_config(sub.add_parser("run", help="run the Prefect flow `pipeline`: select -> sft -> [reward] -> dpo|ppo|... -> evaluate -> gate",
                                      description="Run the whole pipeline as the Prefect flow `pipeline` (a local temporary Prefect "
                                                  "server unless PREFECT_API_URL is set), then print the comparison table. "
                                                  "Stages whose inputs are unchanged are reused, not re-run."))
@@ -262,6 +265,8 @@ def _report_pipeline(results: dict) -> None:
     print("\nEvaluation on the frozen suite (held-out prompts and pairs), this run:")
     print(format_table(metrics))
     final = results["final"]["stage"]
+    if results.get("reward"):
+        print(f"reward model: held-out pair accuracy {results['reward']['metrics'].get('eval_accuracy', float('nan')):.3f}")
     for better, worse in (("sft", "base"), (final, "sft")):
         if better != worse and better in metrics and worse in metrics:
             up, down = wins(metrics[better], metrics[worse])

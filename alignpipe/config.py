@@ -1,8 +1,9 @@
 """Typed pipeline config: dataclass defaults <- YAML recipe <- `--set key=value` overrides.
 
 Every problem (unknown key, wrong type, bad value, missing file) is collected and reported at
-once, before any compute. The `sft` and `preference` sections also accept any field of TRL's
-own config class (SFTConfig, DPOConfig): those pass straight through to the trainer.
+once, before any compute. The `sft`, `reward` and `preference` sections also accept any field
+of TRL's own config class (SFTConfig, RewardConfig, and the chosen method's: DPOConfig, KTOConfig,
+ORPOConfig, CPOConfig, PPOConfig, RLOOConfig, GRPOConfig): those pass straight through.
 """
 
 from __future__ import annotations
@@ -183,17 +184,31 @@ class SFTSection:
 
 @dataclass
 class PreferenceSection:
-    """Our keys; any other key must be a field of the method's TRL config and passes through."""
+    """Our keys; any other key must be a field of the chosen method's TRL config and passes through.
 
-    method: str = "dpo"
+    A sub-section named after a method (`dpo: {...}`, `ppo: {...}`) holds that method's TRL fields
+    for this recipe; it is used only when that method runs, and keys set directly under
+    `preference` win over it. `trl` is the result for the chosen method."""
+
+    method: str = "dpo"  # dpo | ppo | kto | orpo | simpo | rloo | grpo
     model_path: str | None = None  # default: the SFT stage's output
     lora: LoraSection | None = None
     trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
+class RewardSection:
+    """The reward model (for ppo, rloo, grpo). Our keys; any other key must be a field of
+    trl.RewardConfig and passes through."""
+
+    model_path: str | None = None  # start from this model; default: the SFT stage's output
+    lora: LoraSection | None = None
+    trl: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class EvaluateSection:
-    models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo"])
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "preference"])  # preference: labelled by its method
     max_new_tokens: int = 24
     batch_size: int = 32
     num_samples: int = 24  # sample generations logged per model
@@ -262,6 +277,7 @@ class PipelineConfig:
     select: SelectSection = field(default_factory=SelectSection)
     sft: SFTSection = field(default_factory=SFTSection)
     preference: PreferenceSection = field(default_factory=PreferenceSection)
+    reward: RewardSection = field(default_factory=RewardSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     formats: FormatsSection = field(default_factory=FormatsSection)
     self_instruct: SelfInstructSection = field(default_factory=SelfInstructSection)
@@ -293,10 +309,10 @@ class PipelineConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-PREFERENCE_METHODS = ("dpo",)
+PREFERENCE_METHODS = ("dpo", "ppo", "kto", "orpo", "simpo", "rloo", "grpo")
 TEMPLATES = ("alpaca", "chat")
 DTYPES = ("float32", "bfloat16", "float16")
-EVAL_MODELS = ("base", "sft", "dpo")
+EVAL_MODELS = ("base", "sft", "preference")
 # Keys whose relative values are file paths, resolved against the YAML file's folder.
 _PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator"}
 LAUNCHERS = ("deepspeed", "accelerate")
@@ -403,17 +419,43 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _passthrough_fields(cls: type) -> tuple[str, set[str]] | None:
+def _passthrough_fields(cls: type, method: Any = None) -> tuple[str, set[str]] | None:
     """TRL config fields accepted next to our own keys in a section (None: no pass-through)."""
+    from alignpipe import trl_api
+
     if cls is SFTSection:
-        from alignpipe import trl_api
-
         return "trl.SFTConfig", trl_api.config_fields("sft")
+    if cls is RewardSection:
+        return "trl.RewardConfig", trl_api.config_fields("reward")
     if cls is PreferenceSection:
-        from alignpipe import trl_api
-
-        return "trl.DPOConfig", trl_api.config_fields("dpo")
+        kind = trl_api.kind_of(method if method in PREFERENCE_METHODS else "dpo")
+        return f"trl.{trl_api.config_class_name(kind)}", trl_api.config_fields(kind)
     return None
+
+
+def _method_sections(raw: dict[str, Any], prefix: str, problems: list[str], where: str) -> dict[str, dict[str, Any]]:
+    """Pop the per-method sub-sections (`preference.ppo: {...}`) out of `raw`, keys checked."""
+    from alignpipe import trl_api
+
+    found = {}
+    for method in PREFERENCE_METHODS:
+        if method not in raw:
+            continue
+        sub = raw.pop(method)
+        if sub is None:
+            continue
+        kind = trl_api.kind_of(method)
+        if not isinstance(sub, dict):
+            problems.append(f"{where}: '{prefix}{method}' must be a mapping of trl.{trl_api.config_class_name(kind)} fields, got {sub!r}")
+            continue
+        fields = trl_api.config_fields(kind)
+        for key in sub:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+                hint = f"; did you mean '{prefix}{method}.{close[0]}'?" if close else ""
+                problems.append(f"{where}: unknown key '{prefix}{method}.{key}' (not a field of trl.{trl_api.config_class_name(kind)}){hint}")
+        found[method] = {k: v for k, v in sub.items() if k in fields}
+    return found
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) -> Any:
@@ -425,9 +467,14 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
         return cls()
     hints = typing.get_type_hints(cls)
     own = {f.name: f for f in dataclasses.fields(cls) if f.name != "trl" and not f.metadata.get("internal")}
-    passthrough = _passthrough_fields(cls)
+    method = raw.get("method") if isinstance(raw.get("method"), str) else "dpo"  # a bad one is reported later
+    passthrough = _passthrough_fields(cls, method)
     kwargs: dict[str, Any] = {}
     trl_kwargs: dict[str, Any] = {}
+    if cls is PreferenceSection:  # the chosen method's own sub-section first; direct keys win
+        raw = dict(raw)
+        per_method = _method_sections(raw, prefix, problems, where)
+        trl_kwargs.update(per_method.get(method, {}))
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key in own:
@@ -443,6 +490,8 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
     obj = cls(**kwargs)
     if passthrough:
         obj.trl = trl_kwargs
+    if cls is PreferenceSection:
+        obj._methods = per_method  # checked against their own TRL configs in _check
     return obj
 
 
@@ -536,24 +585,34 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     _check_self_instruct(cfg, bad)
     if cfg.sft.template not in TEMPLATES:
         bad("sft.template", f"must be one of {', '.join(TEMPLATES)}, got {cfg.sft.template!r}")
-    for section in ("sft", "preference"):
+    for section in ("sft", "preference", "reward"):
         mp = getattr(cfg, section).model_path
         if mp and _written_as_path(mp) and not Path(mp).expanduser().is_dir():
             bad(f"{section}.model_path", f"model directory {mp} does not exist (or give a hub id such as Qwen/Qwen2.5-0.5B)")
-    if cfg.preference.method not in PREFERENCE_METHODS:
+    if cfg.preference.method is not None and cfg.preference.method not in PREFERENCE_METHODS:  # None: mistyped, reported
         bad("preference.method", f"must be one of {', '.join(PREFERENCE_METHODS)}, got {cfg.preference.method!r}")
+    if cfg.preference.method == "simpo" and cfg.preference.trl.get("loss_type", "simpo") != "simpo":
+        bad("preference.loss_type", f"must be simpo for preference.method=simpo (TRL's CPOTrainer), got {cfg.preference.trl['loss_type']!r}")
+    # The preference model may also be named by the method that trains it (e.g. the old `dpo`).
+    cfg.evaluate.models = ["preference" if m == cfg.preference.method else m for m in cfg.evaluate.models]
     for m in cfg.evaluate.models:
         if m not in EVAL_MODELS:
-            bad("evaluate.models", f"entries must be among {', '.join(EVAL_MODELS)}, got {m!r}")
+            bad("evaluate.models", f"entries must be among {', '.join(EVAL_MODELS)} (or the method, {cfg.preference.method!r}), got {m!r}")
     if isinstance(cfg.distributed.num_processes, int) and cfg.distributed.num_processes < 1:
         bad("distributed.num_processes", f"must be >= 1, got {cfg.distributed.num_processes}")
     _check_distributed(cfg, bad)
     _check_orchestration(cfg, bad)
-    for section, kind in (("sft", "sft"), ("preference", "dpo")):
-        from alignpipe import trl_api
+    from alignpipe import trl_api
 
-        for key, msg in trl_api.check_config(kind, getattr(cfg, section).trl):
+    method = cfg.preference.method if cfg.preference.method in PREFERENCE_METHODS else "dpo"
+    for section, kind, values in (("sft", "sft", cfg.sft.trl), ("reward", "reward", cfg.reward.trl),
+                                  ("preference", trl_api.kind_of(method), cfg.preference.trl)):
+        for key, msg in trl_api.check_config(kind, values):
             bad(f"{section}.{key}", msg)
+    for other, values in getattr(cfg.preference, "_methods", {}).items():
+        if other != method:  # the chosen method's sub-section is checked merged, above
+            for key, msg in trl_api.check_config(trl_api.kind_of(other), values):
+                bad(f"preference.{other}.{key}", msg)
     _check_report_to(cfg.tracking.report_to, bad)
     if "wandb" in cfg.tracking.report_to and not wandb_usable():
         bad("tracking.report_to", "includes wandb but no W&B credentials are set (WANDB_API_KEY or `wandb login`): "
@@ -639,7 +698,7 @@ def _check_distributed(cfg: PipelineConfig, bad) -> None:
         value = _dotted(ds, key)
         if value is None or value == "auto":
             continue
-        for section in ("sft", "preference"):
+        for section in ("sft", "reward", "preference"):
             both = [o for o in owners if o in getattr(cfg, section).trl]
             if both:
                 bad("distributed.deepspeed", f"{name} sets '{key}' = {value!r} and '{section}.{both[0]}' sets it too: "

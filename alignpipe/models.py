@@ -85,6 +85,26 @@ def load_model(source: str, model: ModelSection, **kwargs):
         raise ModelSourceError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
 
 
+def load_scorer(source: str, model: ModelSection, pad_token_id: int | None = None):
+    """A single-score sequence classifier (reward or value model) from a causal LM or a saved
+    reward model; a new score head starts random."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        scorer = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=1,
+            dtype=getattr(torch, model.dtype),
+            use_safetensors=True,
+            trust_remote_code=model.trust_remote_code,
+        )
+    except OSError as e:
+        raise ModelSourceError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
+    if pad_token_id is not None:
+        scorer.config.pad_token_id = pad_token_id
+    return scorer
+
+
 def count_parameters(source: str, model: ModelSection) -> int:
     """Parameters from the config alone (built on the meta device: no weights are read)."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -62,3 +62,21 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, bat
     finally:
         tokenizer.padding_side = side
     return [t.strip() for t in texts]
+
+
+@torch.no_grad()
+def reward_scores(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
+    """A reward model's score of each prompt + response (+ EOS), tokenised as TRL's RewardTrainer
+    tokenises its training pairs."""
+    eos = tokenizer.eos_token or ""
+    texts = [p + r + eos for p, r in zip(prompts, responses)]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"  # sequence classifiers read the last non-pad token
+    out: list[float] = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
+            out.extend(model(**enc).logits[:, 0].float().tolist())
+    finally:
+        tokenizer.padding_side = side
+    return out

@@ -335,3 +335,14 @@ def wandb_settings(cfg: PipelineConfig, stage: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def tag_upstream(cfg: PipelineConfig, stage: str, model_path: str) -> None:
+    """Lineage: tag the active run with the run id of the `stage` run that produced model_path
+    (when it is this experiment's latest result for that stage)."""
+    path = cfg.run_dir / f"{stage}.json"
+    if not path.is_file():
+        return
+    found = json.loads(path.read_text())
+    if found.get("model_path") == model_path and found.get("run_id"):
+        set_tag(f"alignpipe.{stage}_run_id", found["run_id"])

@@ -55,7 +55,8 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])))
 
 
-def lora_config(section: LoraSection | None):
+def lora_config(section: LoraSection | None, task_type: str = "CAUSAL_LM"):
+    """peft LoraConfig; task_type SEQ_CLS for a reward model (its score head is trained in full)."""
     if section is None:
         return None
     from peft import LoraConfig
@@ -65,7 +66,7 @@ def lora_config(section: LoraSection | None):
         lora_alpha=section.alpha,
         lora_dropout=section.dropout,
         target_modules=section.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
@@ -74,28 +75,37 @@ def save_final(trainer, tokenizer, out: Path) -> Path:
 
     Under DeepSpeed every rank must call this: `trainer.save_model` gathers ZeRO-3 shards into
     full weights (stage3_gather_16bit_weights_on_model_save); only rank 0 writes files."""
+    if not trainer.is_deepspeed_enabled:
+        return save_model(trainer.model, tokenizer, out) if tracking.is_main() else out
     tmp = out.with_name(out.name + ".tmp")
     main = tracking.is_main()
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    if trainer.is_deepspeed_enabled:
-        trainer.accelerator.wait_for_everyone()
-        trainer.save_model(str(tmp))
-        if main and hasattr(trainer.model, "merge_and_unload"):  # adapters saved: merge them on rank 0
-            from peft import AutoPeftModelForCausalLM
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if main and hasattr(trainer.model, "merge_and_unload"):  # adapters saved: merge them on rank 0
+        from peft import AutoPeftModelForCausalLM
 
-            AutoPeftModelForCausalLM.from_pretrained(str(tmp)).merge_and_unload().save_pretrained(tmp)
-            for f in ("adapter_model.safetensors", "adapter_config.json"):
-                (tmp / f).unlink(missing_ok=True)
-    elif main:
-        model = trainer.model
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp)
+        AutoPeftModelForCausalLM.from_pretrained(str(tmp)).merge_and_unload().save_pretrained(tmp)
+        for f in ("adapter_model.safetensors", "adapter_config.json"):
+            (tmp / f).unlink(missing_ok=True)
     if main:
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
+    return out
+
+
+def save_model(model, tokenizer, out: Path) -> Path:
+    """Save one process's model (LoRA adapters merged in) and tokenizer, written only once complete."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     return out
 
 
@@ -176,3 +186,23 @@ def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Pa
         tracking.log_json(report, "integrity.json")
     tracking.log_model(model_dir, stage)
     return metrics, model_dir
+
+
+def pair_dataset(rows: list[dict], template: str, variation: float = 0.0, seed: int = 0):
+    """Preference rows as TRL prompt/chosen/rejected rows under the SFT stage's template (a
+    `variation` share of them under a varied template, as in SFT)."""
+    from datasets import Dataset
+
+    from alignpipe import templates
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": templates.training_prompt(template, r["instruction"], r["input"], r.get("history"),
+                                                    templates.pick_variant(r, variation, seed)),
+                "chosen": templates.training_completion(template, r["chosen"]),
+                "rejected": templates.training_completion(template, r["rejected"]),
+            }
+            for r in rows
+        ]
+    )

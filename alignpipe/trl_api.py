@@ -1,12 +1,15 @@
 """The one place that imports TRL's trainers and configs (their API moves between releases).
 
-trl is pinned to 1.12.0 on purpose: the last release that ships PPO (removed after 1.12).
+trl is pinned to 1.12.0 on purpose: the last release that ships PPO (removed after 1.12); PPO
+itself is imported only in `alignpipe.ppo_api`. ORPO and CPO (SimPO) live in `trl.experimental`
+in 1.12: those imports are here too, and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import tempfile
 import types
@@ -16,16 +19,51 @@ from typing import Any
 import torch
 
 
+# trl.experimental is used knowingly (pinned trl==1.12.0): no warning on every import.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+# kind -> (module, config class, trainer class). ORPO and CPO are experimental in trl 1.12;
+# PPO is imported only by alignpipe.ppo_api.
+_TRL = {
+    "sft": ("trl", "SFTConfig", "SFTTrainer"),
+    "dpo": ("trl", "DPOConfig", "DPOTrainer"),
+    "reward": ("trl", "RewardConfig", "RewardTrainer"),
+    "kto": ("trl", "KTOConfig", "KTOTrainer"),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
+    "cpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),
+    "rloo": ("trl", "RLOOConfig", "RLOOTrainer"),
+    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
+}
+
+
 def _classes(kind: str) -> tuple[type, type]:
-    if kind == "sft":
-        from trl import SFTConfig, SFTTrainer
+    if kind == "ppo":
+        from alignpipe import ppo_api
 
-        return SFTConfig, SFTTrainer
-    if kind == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        return ppo_api.classes()
+    if kind not in _TRL:
+        raise ValueError(f"unknown TRL method {kind!r}")
+    module, config, trainer = _TRL[kind]
+    loaded = importlib.import_module(module)
+    return getattr(loaded, config), getattr(loaded, trainer)
 
-        return DPOConfig, DPOTrainer
-    raise ValueError(f"unknown TRL method {kind!r}")
+
+# preference.method -> (TRL kind, the method's own defaults in that kind's config)
+METHODS = {
+    "dpo": ("dpo", {}),
+    "kto": ("kto", {}),
+    "orpo": ("orpo", {}),
+    "simpo": ("cpo", {"loss_type": "simpo", "cpo_alpha": 0.0}),
+    "ppo": ("ppo", {}),
+    "rloo": ("rloo", {}),
+    "grpo": ("grpo", {}),
+}
+
+
+def kind_of(method: str) -> str:
+    """The TRL kind a preference method trains with (SimPO is TRL's CPO trainer)."""
+    return METHODS[method][0]
 
 
 @functools.cache
@@ -106,3 +144,7 @@ def _expected(tp: Any) -> str:
 def trainer(kind: str, **kwargs):
     _, cls = _classes(kind)
     return cls(**kwargs)
+
+
+def config_class_name(kind: str) -> str:
+    return _classes(kind)[0].__name__

@@ -1,8 +1,12 @@
 """The Prefect flow `pipeline`, read top to bottom:
-select -> [self_instruct] -> sft -> preference -> evaluate -> promote (the gate) -> compare.
+select -> [self_instruct] -> sft -> [reward] -> preference -> evaluate -> promote (the gate) -> compare.
 
-Each stage is a Prefect task that runs the stage in this process (or, when the stage is
-distributed, as a launched job whose whole process group dies on timeout or cancel) and returns
+`preference.method` picks the preference step (dpo, kto, orpo, simpo, ppo, rloo, grpo); ppo,
+rloo and grpo learn against a reward model, so the `reward` stage runs before them.
+
+Each stage is a Prefect task that runs the stage in this process (or, when sft or an offline
+preference method is distributed, as a launched job whose whole process group dies on timeout
+or cancel; reward, ppo, rloo and grpo run in process) and returns
 only paths, run ids and metrics. Its retries and timeout come from `orchestration.<stage>`.
 
 Caching: a task's cache key digests everything the stage depends on (its config sections, the
@@ -32,9 +36,10 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
 
-from alignpipe.config import PipelineConfig
+from alignpipe.config import PREFERENCE_METHODS, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+LAUNCHABLE = ("sft", "dpo", "kto", "orpo", "simpo")  # stages that can run as a DeepSpeed/accelerate job
 # The config sections each stage's result depends on (besides its upstream models and the code).
 SECTIONS = {
     "select": ("model", "select", "data", "seed"),
@@ -65,15 +70,21 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
             generated = _stage("self_instruct", cfg, {"generator": cfg.self_instruct.generator or base})["data_path"]
         sft = _stage("sft", cfg, {"base": base, "generated": generated})
         final, models = sft, {"base": base, "sft": sft["model_path"]}
+        reward = None
         if preference:
+            from stages.preference import NEEDS_REWARD
+
+            if cfg.preference.method in NEEDS_REWARD:
+                reward = _stage("reward", cfg, {"sft": cfg.reward.model_path or sft["model_path"], "template": sft["template"]})
             start = cfg.preference.model_path or sft["model_path"]
-            pref = _stage("preference", cfg, {"sft": start, "template": sft["template"]})
+            pref = _stage("preference", cfg, {"sft": start, "template": sft["template"], "reward": reward and reward["model_path"]})
             final, models = pref, {**models, pref["stage"]: pref["model_path"]}
-        scored = {k: v for k, v in models.items() if k in cfg.evaluate.models or k == final["stage"]}
-        evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft["template"]})
+        wanted = {final["stage"] if m == "preference" else m for m in cfg.evaluate.models} | {final["stage"]}
+        scored = {k: v for k, v in models.items() if k in wanted}
+        evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft["template"], "reward": reward and reward["model_path"]})
         verdict = promote_task(cfg, final["stage"], final["model_path"], evaluation["metrics"], parent)
         comparison = compare_task(cfg, parent)
-    return {"select": selected, "sft": sft, "final": final, "evaluate": evaluation, "gate": verdict,
+    return {"select": selected, "sft": sft, "reward": reward, "final": final, "evaluate": evaluation, "gate": verdict,
             "comparison": comparison, "parent_run_id": parent}
 
 
@@ -117,10 +128,10 @@ def _run(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
         from stages.select import run_select
 
         return run_select(cfg)
-    if stage in ("sft", "preference") and launch.wanted(cfg):
+    name = cfg.preference.method if stage == "preference" else stage
+    if name in LAUNCHABLE and launch.wanted(cfg):
         from alignpipe.tracking import write_result
 
-        name = "sft" if stage == "sft" else cfg.preference.method
         if stage == "sft":
             write_result(cfg.run_dir / "select.json", {"stage": "select", "model_path": inputs["base"]})
         else:  # ranks read their upstream result from the state dir, as `alignpipe stage` does
@@ -134,14 +145,18 @@ def _run(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
         from stages.sft import run_sft
 
         return run_sft(cfg, inputs["base"], inputs["generated"])
-    if stage == "preference":
-        from stages.dpo import run_dpo
+    if stage == "reward":
+        from stages.reward import run_reward
 
-        return run_dpo(cfg, inputs["sft"], inputs["template"])
+        return run_reward(cfg, inputs["sft"], inputs["template"])
+    if stage == "preference":
+        from stages.preference import run_preference
+
+        return run_preference(cfg, inputs["sft"], inputs["template"], inputs["reward"])
     if stage == "evaluate":
         from stages.evaluate import run_evaluate
 
-        return run_evaluate(cfg, inputs["models"], inputs["template"])
+        return run_evaluate(cfg, inputs["models"], inputs["template"], inputs["reward"])
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -317,13 +332,21 @@ def previous_result(cfg: PipelineConfig, stage: str) -> dict | None:
 
 
 def run_stage(cfg: PipelineConfig, name: str) -> dict:
-    """Run one stage; inputs from the config, else from earlier stages' results (run if missing)."""
-    from stages.dpo import run_dpo
+    """Run one stage; inputs from the config, else from earlier stages' results (run if missing).
+
+    A preference method's name runs that method (`preference.method` set to it)."""
     from stages.evaluate import run_evaluate
+    from stages.preference import NEEDS_REWARD, run_preference
+    from stages.reward import run_reward
     from stages.select import run_select
     from stages.sft import run_sft
 
     from alignpipe import launch
+
+    if name == "preference":
+        name = cfg.preference.method
+    if name in PREFERENCE_METHODS and name != cfg.preference.method:
+        cfg = load_config(cfg.source or None, [*cfg.overrides, f"preference.method={name}"])
 
     def upstream(stage: str) -> dict:
         found = previous_result(cfg, stage)
@@ -334,30 +357,39 @@ def run_stage(cfg: PipelineConfig, name: str) -> dict:
 
     if name == "select":
         return run_select(cfg)
-    if name in ("sft", "dpo") and launch.wanted(cfg):
+    if name in LAUNCHABLE and launch.wanted(cfg):
         if name == "sft" and not cfg.sft.model_path:
             upstream("select")  # prerequisites run here, once, before any rank starts
-        if name == "dpo" and not cfg.preference.model_path:
+        if name != "sft" and not cfg.preference.model_path:
             upstream("sft")
         return launch.run(cfg, name)
     if name == "sft":
         return run_sft(cfg, cfg.sft.model_path or upstream("select")["model_path"])
-    if name == "dpo":
-        if cfg.preference.model_path:
-            return run_dpo(cfg, cfg.preference.model_path)
+    if name == "reward":
+        if cfg.reward.model_path:
+            return run_reward(cfg, cfg.reward.model_path)
         sft = upstream("sft")
-        return run_dpo(cfg, sft["model_path"], sft["template"])
+        return run_reward(cfg, sft["model_path"], sft["template"])
+    if name in PREFERENCE_METHODS:
+        reward = upstream("reward")["model_path"] if name in NEEDS_REWARD else None
+        if cfg.preference.model_path:
+            return run_preference(cfg, cfg.preference.model_path, None, reward)
+        sft = upstream("sft")
+        return run_preference(cfg, sft["model_path"], sft["template"], reward)
     if name == "evaluate":
+        method = cfg.preference.method
         paths = {}
-        for model, stage in (("base", "select"), ("sft", "sft"), ("dpo", "dpo")):
+        for model, stage in (("base", "select"), ("sft", "sft"), ("preference", method)):
             found = previous_result(cfg, stage)
             if model in cfg.evaluate.models and found:
-                paths[model] = found["model_path"]
+                paths[method if model == "preference" else model] = found["model_path"]
         if "base" not in paths and cfg.sft.model_path and "base" in cfg.evaluate.models:
             paths["base"] = cfg.sft.model_path
         if not paths:
             paths["sft"] = upstream("sft")["model_path"]
-        paths = {m: paths[m] for m in ("base", "sft", "dpo") if m in paths}
+        paths = {m: paths[m] for m in ("base", "sft", method) if m in paths}
         template = (previous_result(cfg, "sft") or {}).get("template")
-        return run_evaluate(cfg, paths, template)
+        reward = previous_result(cfg, "reward")  # any method: a trained reward model also judges
+        return run_evaluate(cfg, paths, template, reward and reward["model_path"])
     raise ValueError(f"unknown stage {name!r}")
+

@@ -11,6 +11,9 @@ Per model, on data never trained on:
 - loss_seen / loss_heldout: response NLL on rows of categories seen in training vs held out;
 - format robustness: accuracy on the same prompts under templates never used in training
   (`format_robust_acc`, and `format_gap` = accuracy in the training template minus it);
+- with a reward model (from the `reward` stage): rm_score, its mean score of the model's
+  greedy answers to the held-out prompts, and rm_win_rate, how often it scores the model's
+  answer above the SFT model's answer to the same prompt (ties count half; SFT itself: 0.5);
 - sample generations, logged as an MLflow table.
 """
 
@@ -36,13 +39,14 @@ HEADLINE = {
 }
 
 
-def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str | None = None) -> dict:
-    """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite."""
+def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str | None = None, reward_model: str | None = None) -> dict:
+    """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite;
+    with a reward model, also its scores and win rates against the SFT model's answers."""
     template = template or cfg.sft.template
     rows = data.eval_rows(cfg, "eval")
     pairs = data.eval_rows(cfg, "eval_preference")
     seen = data.seen_categories(cfg)
-    section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template}
+    section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template, "reward_model": reward_model}
     with tracking.stage_run(cfg, "evaluate", section) as run:
         mlflow.log_params({"eval_digest": data.rows_digest(rows), "eval_rows": len(rows), "eval_pairs": len(pairs)})
         for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
@@ -51,11 +55,16 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str
         for name, path in model_paths.items():
             tracking.log_model_input(path, f"scored.{name}")
         reference = _pair_logprobs(model_paths["sft"], cfg, template, pairs) if "sft" in model_paths and pairs else None
-        table, per_category, samples = {}, {}, []
+        table, per_category, samples, generations = {}, {}, [], {}
         for name, path in model_paths.items():
-            metrics, cats, rows_out = _score_model(name, path, cfg, template, rows, pairs, seen, reference)
+            metrics, cats, rows_out = _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations)
             table[name], per_category[name] = metrics, cats
             samples.extend(rows_out)
+        if reward_model:
+            tracking.tag_upstream(cfg, "reward", reward_model)
+            tracking.log_model_input(reward_model, "judge")
+            _add_reward_model_scores(table, generations, reward_model, cfg, template, rows)
+        for name, metrics in table.items():
             mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
         mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
         tracking.log_json({"summary": table, "per_category": per_category, "seen_categories": sorted(seen)}, "evaluation.json")
@@ -72,13 +81,15 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str
     return result
 
 
-def _score_model(name, path, cfg, template, rows, pairs, seen, reference):
+def _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations=None):
     model = models.load_model(path, cfg.model)
     model.eval()
     tok = models.load_tokenizer(path, cfg.model)
     ev = cfg.evaluate
     prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"], r.get("history")) for r in rows]
     outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
+    if generations is not None:
+        generations[name] = outputs
     correct = [checks.check(r, o) for r, o in zip(rows, outputs)]
     refused = [checks.is_refusal(o) for o in outputs]
 
@@ -149,6 +160,19 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
     return out
 
 
+def _add_reward_model_scores(table, generations, reward_model, cfg, template, rows) -> None:
+    """rm_score per model and, against the SFT model's answers, rm_win_rate (ties count half)."""
+    scorer = models.load_scorer(reward_model, cfg.model)
+    scorer.eval()
+    tok = models.load_tokenizer(reward_model, cfg.model)
+    prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in rows]
+    scores = {name: scoring.reward_scores(scorer, tok, prompts, outputs, cfg.evaluate.batch_size) for name, outputs in generations.items()}
+    for name, s in scores.items():
+        table[name]["rm_score"] = round(sum(s) / len(s), 4)
+        if "sft" in scores:
+            table[name]["rm_win_rate"] = _mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(s, scores["sft"])])
+
+
 def _pair_logprobs(path, cfg, template, pairs, model=None, tok=None):
     """Summed log-probs of the chosen and the rejected answer of each pair."""
     if model is None:
@@ -183,7 +207,7 @@ def _mean(values) -> float | None:
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
     """The comparison table: one row per model, headline metrics as columns (arrows: better)."""
-    cols = [c for c in list(HEADLINE) + ["reward_accuracy", "reward_margin"] if any(c in m for m in metrics.values())]
+    cols = [c for c in list(HEADLINE) + ["reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"] if any(c in m for m in metrics.values())]
     head = ["model"] + [f"{c}{'↑' if HEADLINE.get(c, 1) > 0 else '↓'}" for c in cols]
     lines = [head] + [[name] + [_fmt(m.get(c)) for c in cols] for name, m in metrics.items()]
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
