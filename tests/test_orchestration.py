@@ -188,3 +188,23 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
     (model,) = home.glob("runs/tiny/sft-*/model")
     state = json.loads(max(model.parent.glob("checkpoints/checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).read_text())
     assert state["global_step"] == 40
+
+
+def test_ppo_path_through_the_deployment_records_reward_model_lineage(servers, full_run):
+    """`preference.method=ppo`: the flow inserts the reward stage; PPO records the reward model
+    and the SFT model as inputs; the comparison holds SFT-only, DPO and PPO side by side."""
+    client = mlflow.MlflowClient()
+    proc, flow_run_id = deployment_run(servers, "full", FAST + ["preference.method=ppo", "reward.max_steps=4"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    parent = parent_of_flow_run("tiny", flow_run_id)
+    runs = {r.info.run_name: client.get_run(r.info.run_id) for r in runs_of("tiny", parent.info.run_id)}
+    assert {"reward", "ppo", "evaluate"} <= set(runs) and parent.data.tags["alignpipe.cached.sft"] == "true"
+    reward_model = next(m for m in mlflow.search_logged_models(experiment_ids=[runs["reward"].info.experiment_id], output_format="list")
+                        if m.source_run_id == runs["reward"].info.run_id)
+    ppo_inputs = {m.model_id for m in runs["ppo"].inputs.model_inputs}
+    assert reward_model.model_id in ppo_inputs and runs["ppo"].data.tags["alignpipe.input_model.reward"] == reward_model.model_id
+    assert {"objective_kl", "objective_scores", "loss_policy_avg", "loss_value_avg"} <= set(runs["ppo"].data.metrics)
+    evaluate = runs["evaluate"]
+    assert "ppo/rm_win_rate" in evaluate.data.metrics and evaluate.data.tags["alignpipe.input_model.judge"] == reward_model.model_id
+    table = Path(client.download_artifacts(runs["compare"].info.run_id, "comparison.txt")).read_text()
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["base", "sft-only", "dpo", "ppo"]
