@@ -48,7 +48,9 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
     """Print-ready table; logs it, its sources and a PNG to a new `compare` run."""
     from stages.evaluate import format_table
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from alignpipe.tracking import use_uri
+
+    use_uri(tracking_uri)
     table, sources = collect(experiment)
     if not table:
         return f"no finished evaluate runs in experiment '{experiment}' at {tracking_uri}: run the pipeline first"

@@ -28,10 +28,22 @@ PARENT_ENV = "ALIGNPIPE_PARENT_RUN_ID"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "mlflow", "prefect", "alignpipe")
 
 
+def use_uri(uri: str) -> None:
+    """Point this process's MLflow client at `uri`. mlflow.set_tracking_uri also exports it as
+    $MLFLOW_TRACKING_URI, which would then override the tracking store of every later config in
+    this process (and its children); keep the environment as the user set it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def setup(cfg: PipelineConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (artifacts under the state dir)."""
     cfg.state_path.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(cfg.tracking_uri)
+    use_uri(cfg.tracking_uri)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id

@@ -24,6 +24,25 @@ def tiny_cache():
         yield cache
 
 
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _restore_tracking_env() -> None:
+    if _USER_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = _USER_TRACKING_URI
+
+
+@pytest.fixture(autouse=True)
+def keep_tracking_env():
+    """`mlflow.set_tracking_uri` (in a test or a module fixture) also exports $MLFLOW_TRACKING_URI;
+    reset it around every test, or later CLI runs and configs would log to that test's store."""
+    _restore_tracking_env()
+    yield
+    _restore_tracking_env()
+
+
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
     """A fresh ALIGNPIPE_HOME for this test."""
