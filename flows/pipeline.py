@@ -44,10 +44,10 @@ LAUNCHABLE = ("sft", "dpo", "kto", "orpo", "simpo")  # stages that can run as a 
 SECTIONS = {
     "select": ("model", "select", "data", "seed"),
     "self_instruct": ("model", "self_instruct", "data", "seed"),
-    "sft": ("model", "sft", "data", "distributed", "seed"),
+    "sft": ("model", "sft", "data", "formats", "distributed", "seed"),
     "reward": ("model", "reward", "data", "distributed", "seed"),
-    "preference": ("model", "preference", "data", "distributed", "seed"),
-    "evaluate": ("model", "evaluate", "data", "seed"),
+    "preference": ("model", "preference", "data", "formats", "distributed", "seed"),
+    "evaluate": ("model", "evaluate", "data", "formats", "seed"),
 }
 
 

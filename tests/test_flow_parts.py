@@ -20,6 +20,8 @@ def test_cache_keys_follow_only_what_each_stage_depends_on(tmp_path):
     assert all(_key(changed, s) == keys[s] for s in ("select", "sft", "preference"))
     lr = load_config("configs/tiny.yaml", ["sft.learning_rate=1e-4"])
     assert _key(lr, "sft") != keys["sft"] and _key(lr, "preference") == keys["preference"]
+    varied = load_config("configs/tiny.yaml", ["formats.variation=0.3"])
+    assert _key(varied, "sft") != keys["sft"] and _key(varied, "select") == keys["select"]
 
 
 def test_cache_key_follows_data_content_and_upstream_model_files(tmp_path):
