@@ -248,13 +248,11 @@ def stdout_to_prefect() -> Iterator[None]:
 
 def content_digest(path: str) -> str | None:
     """sha256 of a file; of (name, size, mtime) of every file in a dir; None for a hub id."""
+    from alignpipe.data import file_digest
+
     p = Path(path)
     if p.is_file():
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_digest(p)
     if p.is_dir():
         entries = [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")) if f.is_file()]
         return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
