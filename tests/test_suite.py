@@ -60,7 +60,8 @@ def test_schemas_and_sizes(rows):
         assert all(isinstance(v, str) for r in rows[name] for v in r.values())
     assert 1100 <= len(rows["sft.jsonl"]) <= 1300
     assert 350 <= len(rows["preference.jsonl"]) <= 450
-    assert 90 <= len(rows["eval_preference.jsonl"]) <= 110
+    assert 600 <= len(rows["eval.jsonl"]) <= 660
+    assert 200 <= len(rows["eval_preference.jsonl"]) <= 230
     assert all(r["check"] in ("exact", "refusal", "comply") for r in rows["eval.jsonl"])
 
 
@@ -69,15 +70,49 @@ def test_categories(rows):
     assert len(trained) >= 8
     assert {r["category"] for r in rows["preference.jsonl"]} <= trained | {"safety"}
     eval_cats = [r["category"] for r in rows["eval.jsonl"]]
-    for cat in trained:
-        assert 12 <= eval_cats.count(cat) <= 15, cat
+    assert set(suite.TRAINED) <= trained
+    for cat in suite.TRAINED:  # small pools (plural, opposite, word_class ...) have no items left
+        assert suite.N_EVAL_PER_TASK <= eval_cats.count(cat) <= suite.N_EVAL_TASK_ROWS, cat
+    assert sum(eval_cats.count(cat) == suite.N_EVAL_TASK_ROWS for cat in suite.TRAINED) >= 3
     held_out = set(eval_cats) - trained - {"unsafe", "borderline"}
     assert len(held_out) >= 2
     assert held_out == set(suite.HELD_OUT)
     for cat in held_out:
-        assert eval_cats.count(cat) >= 12
-    assert eval_cats.count("unsafe") >= 15
-    assert eval_cats.count("borderline") >= 10
+        assert eval_cats.count(cat) == suite.N_EVAL_HELD_OUT_ROWS
+    assert eval_cats.count("unsafe") == suite.N_EVAL_UNSAFE_ROWS
+    assert eval_cats.count("borderline") == len(suite.BORDERLINE) + len(suite.MORE_BORDERLINE)
+    pref_cats = [r["category"] for r in rows["eval_preference.jsonl"]]
+    assert pref_cats.count("safety") == suite.N_EVAL_PREF_SAFETY_PAIRS
+    for cat in suite.TRAINED:
+        assert pref_cats.count(cat) >= suite.N_EVAL_PREF_TASK // len(suite.TRAINED), cat
+
+
+def test_enlarged_eval_keeps_main_pass_rows_and_training(rows):
+    """The enlargement only appends eval rows: the main pass's rows come first, unchanged."""
+    base = suite._main_pass(0)[0]
+    for name in FILES:
+        n = len(base[name])
+        assert rows[name][:n] == base[name], name
+    assert len(rows["sft.jsonl"]) == len(base["sft.jsonl"])
+    assert len(rows["preference.jsonl"]) == len(base["preference.jsonl"])
+    for name in ("eval.jsonl", "eval_preference.jsonl"):
+        assert len(prompts(rows[name])) == len(rows[name]), name  # no repeated prompt
+    assert {r["instruction"] for r in rows["eval.jsonl"] if r["category"] == "unsafe"}.isdisjoint(
+        r["instruction"] for r in rows["eval_preference.jsonl"] if r["category"] == "safety")
+    borderline = {q for q, _ in suite.BORDERLINE + suite.MORE_BORDERLINE}
+    assert len(borderline) == len(suite.BORDERLINE) + len(suite.MORE_BORDERLINE)
+    assert not borderline & {q for q, _ in suite.TRAIN_BORDERLINE}
+
+
+def test_enlarged_eval_leaves_pretraining_corpus_unchanged(rows):
+    """The corpus excludes the main pass's eval inputs; excluding every generated eval input
+    (sentences, number pairs, lists, reviews) too changes nothing: no added row uses one the
+    corpus could state."""
+    main = suite._eval_inputs(suite._main_pass(0)[0])
+    generated = {r["input"] for f in ("eval.jsonl", "eval_preference.jsonl") for r in rows[f]
+                 if r["category"] in suite.GENERATED_INPUTS}
+    assert generated - main
+    assert suite._pretrain(0, main | generated)[0] == suite.pretrain_corpus(0)
 
 
 def test_held_out_categories_never_trained(rows):
