@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                                                  "server unless PREFECT_API_URL is set), then print the comparison table. "
                                                  "Stages whose inputs are unchanged are reused, not re-run."))
     run.add_argument("--sft-only", action="store_true", help="select -> sft -> evaluate (no preference stage)")
+    run.add_argument("--seeds", type=int, metavar="N", help="train sft and the preference stage with N seeds (seed, seed+1, ...) "
+                     "and report means with intervals over items and seeds; same as --set seeds=[...]")
     cmp = sub.add_parser("compare", help="base / SFT-only / DPO table from MLflow, plot logged",
                          description="One table of the newest evaluation of each model (base, SFT-only, DPO, ...) on the same "
                                      "suite, read from MLflow; the table and a PNG plot are logged to a `compare` run.")
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if getattr(args, "seeds", None):
+            args.overrides.append(_seeds_override(args.config, args.overrides, args.seeds))
         cfg = load_and_validate(args.config, args.overrides)
         if args.command == "validate":
             print(f"{args.config}: OK")
@@ -112,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the pipeline failed: {type(e).__name__}: {e}\n"
               f"error: finished stages are kept and reused; run the same command again to resume", file=sys.stderr)
     return 1
+
+
+def _seeds_override(config: str, overrides: list[str], n: int) -> str:
+    """`--seeds N` as `seeds=[seed, seed+1, ...]`, from the recipe's `seed`."""
+    from alignpipe.config import ConfigError, load_config
+
+    if n < 1:
+        raise ConfigError([f"--seeds: must be >= 1, got {n}"])
+    base = load_config(config, overrides).seed
+    return f"seeds=[{', '.join(str(base + i) for i in range(n))}]"
 
 
 def _prefect_defaults() -> None:
@@ -247,7 +261,7 @@ def _report_stage(result: dict) -> None:
     if result["stage"] == "select":
         print(f"selected {result['reason']}")
     elif result["stage"] == "evaluate":
-        print(format_table(result["metrics"]))
+        print(format_table(result["metrics"], result.get("intervals"), result.get("comparisons")))
     elif result["stage"] == "self_instruct":
         print(f"data: {result['data_path']}")
         print("  ".join(f"{k}={v}" for k, v in result["metrics"].items()))
@@ -257,24 +271,26 @@ def _report_stage(result: dict) -> None:
 
 
 def _report_pipeline(results: dict) -> None:
-    from stages.evaluate import format_table, wins
+    from stages.evaluate import format_table, verdict_lines
+
+    from alignpipe import promote, stats
 
     if results.get("select"):
         print(f"select: {results['select']['reason']}")
-    metrics = results["evaluate"]["metrics"]
-    print("\nEvaluation on the frozen suite (held-out prompts and pairs), this run:")
-    print(format_table(metrics))
+    evaluation = results["evaluate"]
+    seeds = evaluation.get("seeds") or []
+    print(f"\nEvaluation on the frozen suite (held-out prompts and pairs), this run, {len(seeds)} seed(s) {seeds}:")
+    print(f"(value [95% interval]; differences are paired, marked better/worse when the interval excludes 0: {stats.METHOD})")
+    print(format_table(evaluation["metrics"], evaluation.get("intervals"), evaluation.get("comparisons")))
     final = results["final"]["stage"]
     if results.get("reward"):
         print(f"reward model: held-out pair accuracy {results['reward']['metrics'].get('eval_accuracy', float('nan')):.3f}")
-    for better, worse in (("sft", "base"), (final, "sft")):
-        if better != worse and better in metrics and worse in metrics:
-            up, down = wins(metrics[better], metrics[worse])
-            print(f"{better} vs {worse}: better on {len(up)} ({', '.join(up) or '-'}), worse on {len(down)} ({', '.join(down) or '-'})")
+    for line in verdict_lines(evaluation.get("comparisons", {}), [("sft", "base"), (final, "sft")]):
+        print(line)
     gate = results["gate"]
     if gate.get("passed") is not None:
         reg = gate.get("registered") or {}
-        print(f"gate: {'passed' if gate['passed'] else 'failed'} ({final} vs {gate['baseline']})"
+        print(f"gate: {promote.verdict_line(gate)}"
               + (f"; registered {reg['name']} v{reg['version']}" + (f", alias {reg['alias']}" if reg.get("alias") else "") if reg else ""))
     print("\nComparison from MLflow (alignpipe compare):")
     print(results["comparison"])

@@ -1,8 +1,10 @@
 """`alignpipe compare`: base, SFT-only and preference-tuned models side by side, from MLflow.
 
 Rows come from the experiment's finished `evaluate` runs, newest first, all on the same
-evaluation suite (the newest run's eval data digest); each model label keeps its newest numbers.
-The table and a bar chart (PNG) are logged to a `compare` run."""
+evaluation suite (the newest run's eval data digest); each model label keeps its newest numbers,
+with their 95% intervals, and the number of seeds they average (a seed group: one model per
+training seed). Paired differences come from the newest run that measured both models. The
+table and a bar chart with error bars (PNG) are logged to a `compare` run."""
 
 from __future__ import annotations
 
@@ -11,37 +13,67 @@ from pathlib import Path
 
 import mlflow
 
+from alignpipe import stats
+
 ORDER = ("base", "sft")
 LABELS = {"sft": "sft-only"}
 
 
-def collect(experiment: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """({model label: metrics}, {model label: evaluate run id}) from the tracking store in use."""
+def collect(experiment: str) -> dict:
+    """{"metrics": {label: {metric: value}}, "intervals": {label: {metric: [lo, hi]}},
+    "comparisons": {"a_vs_b": {metric: {delta, lo, hi, direction, verdict}}}, "runs": {label: run id},
+    "seeds": {label: n}} from the tracking store in use."""
+    empty = {"metrics": {}, "intervals": {}, "comparisons": {}, "runs": {}, "seeds": {}}
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        return {}, {}
+        return empty
     runs = mlflow.MlflowClient().search_runs(
         [exp.experiment_id], "tags.`alignpipe.stage` = 'evaluate' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=200,
     )
     if not runs:
-        return {}, {}
+        return empty
     suite = runs[0].data.params.get("eval_digest")
-    table: dict[str, dict[str, float]] = {}
-    sources: dict[str, str] = {}
+    out = empty
     for run in runs:
         if run.data.params.get("eval_digest") != suite:
             continue
-        found: dict[str, dict[str, float]] = {}
+        values: dict[str, dict[str, float]] = {}
         for key, value in run.data.metrics.items():
             label, _, metric = key.partition("/")
             if metric:
-                found.setdefault(label, {})[metric] = value
-        for label, values in found.items():
-            if label not in table:
-                table[label], sources[label] = values, run.info.run_id
-    ordered = [k for k in ORDER if k in table] + sorted(k for k in table if k not in ORDER)
-    return {k: table[k] for k in ordered}, {k: sources[k] for k in ordered}
+                values.setdefault(label, {})[metric] = value
+        for label, found in values.items():
+            if "_vs_" in label:
+                if label not in out["comparisons"]:
+                    out["comparisons"][label] = _differences(found)
+            elif label not in out["metrics"]:
+                out["metrics"][label] = {k: v for k, v in found.items() if not k.endswith(("_lo", "_hi"))}
+                out["intervals"][label] = {k: [found[f"{k}_lo"], found[f"{k}_hi"]] for k in out["metrics"][label]
+                                           if f"{k}_lo" in found and f"{k}_hi" in found}
+                out["runs"][label] = run.info.run_id
+                out["seeds"][label] = int(run.data.params.get("n_seeds", 1))
+    ordered = [k for k in ORDER if k in out["metrics"]] + sorted(k for k in out["metrics"] if k not in ORDER)
+    for part in ("metrics", "intervals", "runs", "seeds"):
+        out[part] = {k: out[part][k] for k in ordered if k in out[part]}
+    return out
+
+
+def _differences(found: dict[str, float]) -> dict[str, dict]:
+    diffs = {}
+    for key, value in found.items():
+        if key.endswith("_delta"):
+            k = key[: -len("_delta")]
+            lo, hi = found.get(f"{k}_lo"), found.get(f"{k}_hi")
+            if lo is not None and hi is not None:
+                direction = stats.DIRECTIONS.get(k, 1)
+                diffs[k] = {"delta": value, "lo": lo, "hi": hi, "direction": direction, "verdict": stats.verdict(lo, hi, direction)}
+    return diffs
+
+
+def _shown(label: str, seeds: int) -> str:
+    name = LABELS.get(label, label)
+    return f"{name} ({seeds} seeds)" if seeds > 1 else name
 
 
 def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None) -> str:
@@ -51,43 +83,53 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
     from alignpipe.tracking import use_uri
 
     use_uri(tracking_uri)
-    table, sources = collect(experiment)
-    if not table:
+    found = collect(experiment)
+    if not found["metrics"]:
         return f"no finished evaluate runs in experiment '{experiment}' at {tracking_uri}: run the pipeline first"
-    shown = {LABELS.get(k, k): v for k, v in table.items()}
-    text = format_table(shown)
+    names = {k: _shown(k, found["seeds"].get(k, 1)) for k in found["metrics"]}
+    shown = {names[k]: v for k, v in found["metrics"].items()}
+    intervals = {names[k]: v for k, v in found["intervals"].items()}
+    comparisons = {}
+    for pair, diffs in found["comparisons"].items():
+        a, _, b = pair.partition("_vs_")
+        if a in names and b in names:
+            comparisons[f"{names[a]}_vs_{names[b]}"] = diffs
+    text = format_table(shown, intervals, comparisons)
     exp = mlflow.get_experiment_by_name(experiment)
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name="compare", parent_run_id=parent_run_id, nested=True,
                           tags={"alignpipe.stage": "compare"}):
         mlflow.log_text(text, "comparison.txt")
-        mlflow.log_dict({"metrics": shown, "evaluate_runs": {LABELS.get(k, k): v for k, v in sources.items()}}, "comparison.json")
+        mlflow.log_dict({"metrics": shown, "intervals": intervals, "comparisons": comparisons, "interval_method": stats.METHOD,
+                         "evaluate_runs": {names[k]: v for k, v in found["runs"].items()}}, "comparison.json")
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "comparison.png"
-            plot(shown, png)
+            plot(shown, png, intervals)
             mlflow.log_artifact(str(png))
     return text
 
 
-def plot(table: dict[str, dict[str, float]], out: Path) -> Path:
-    """Grouped bars: one group per headline metric, one bar per model."""
+def plot(table: dict[str, dict[str, float]], out: Path, intervals: dict[str, dict[str, list[float]]] | None = None) -> Path:
+    """Grouped bars: one panel per headline metric, one bar per model, 95% intervals as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stages.evaluate import HEADLINE
-
-    metrics = [m for m in list(HEADLINE) + ["reward_accuracy", "rm_win_rate"] if any(m in v for v in table.values())]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics), 3.2), squeeze=False)
+    intervals = intervals or {}
+    metrics = [m for m in list(stats.DIRECTIONS) + ["rm_win_rate"] if any(v.get(m) is not None for v in table.values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        values = [table[k].get(metric) or 0.0 for k in table]
-        ax.bar(range(len(table)), values, color=[f"C{i}" for i in range(len(table))])
-        ax.set_xticks(range(len(table)), list(table), rotation=45, fontsize=7)
-        arrow = "↑" if HEADLINE.get(metric, 1) > 0 else "↓"
+        names = [k for k in table if table[k].get(metric) is not None]
+        values = [table[k][metric] for k in names]
+        bounds = [intervals.get(k, {}).get(metric) for k in names]
+        err = [[v - b[0] if b else 0.0 for v, b in zip(values, bounds)], [b[1] - v if b else 0.0 for v, b in zip(values, bounds)]]
+        ax.bar(range(len(names)), values, yerr=err, capsize=3, color=[f"C{list(table).index(k)}" for k in names])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        arrow = "↑" if stats.DIRECTIONS.get(metric, 1) > 0 else "↓"
         ax.set_title(f"{metric} {arrow}", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("95% intervals (bootstrap over eval items; across seeds where several)", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-

@@ -256,21 +256,25 @@ class OrchestrationSection:
 
 @dataclass
 class PromoteSection:
-    """The gate before the final model gets the registry alias `champion`: on every listed
-    metric it must match or beat `baseline` (within `tolerance`), on the same evaluation run."""
+    """The gate before the final model gets the registry alias `champion`: on every listed metric
+    it must be non-inferior to `baseline` on the same evaluation: the 95% interval of the paired
+    difference (oriented so that positive is better) must have its lower bound >= -tolerance."""
 
     enabled: bool = True
     model_name: str | None = None  # registry name; default: the experiment name
     baseline: str = "sft"  # a model label of the evaluation; sft-only runs compare with base
     metrics: list[str] = field(default_factory=lambda: ["pref_accuracy", "acc_seen", "refusal_rate"])
-    tolerance: float = 0.0  # allowed shortfall per metric, in the metric's own units
+    tolerance: float = 0.05  # non-inferiority margin per metric, in the metric's own units
     alias: str = "champion"
 
 
 @dataclass
 class PipelineConfig:
     experiment: str = "alignpipe"
-    seed: int = 42
+    seed: int = 42  # data split, mixing and the tiny models' build; the training seed when `seeds` is unset
+    # Training seeds: sft and the preference stage train once per seed, evaluate scores every
+    # seed's models and reports means with intervals over items and seeds (`alignpipe run --seeds N`).
+    seeds: list[int] | None = None
     state_dir: str | None = None  # default: $ALIGNPIPE_HOME or ./.alignpipe
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -292,6 +296,10 @@ class PipelineConfig:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir or os.environ.get("ALIGNPIPE_HOME") or ".alignpipe").resolve()
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
 
     @property
     def run_dir(self) -> Path:
@@ -554,6 +562,8 @@ def _check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
 
     if not cfg.experiment:
         bad("experiment", "must be a non-empty name")
+    if cfg.seeds and len(set(cfg.seeds)) != len(cfg.seeds):
+        bad("seeds", f"must be distinct integers (e.g. [42, 43, 44]), got {cfg.seeds!r}")
     if not cfg.model.candidates and not cfg.sft.model_path:
         bad("model.candidates", "is empty: list at least one model (a hub id, a local dir or a `tiny:` spec)")
     names = set()

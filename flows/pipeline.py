@@ -39,7 +39,8 @@ from prefect.context import TaskRunContext
 from alignpipe.config import PREFERENCE_METHODS, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHABLE = ("sft", "dpo", "kto", "orpo", "simpo")  # stages that can run as a DeepSpeed/accelerate job
+LAUNCHABLE = ("sft", "dpo", "kto", "orpo", "simpo")
+SEEDED = ("sft", "reward", "preference")  # stages trained once per seed of `seeds`  # stages that can run as a DeepSpeed/accelerate job
 # The config sections each stage's result depends on (besides its upstream models and the code).
 SECTIONS = {
     "select": ("model", "select", "data", "seed"),
@@ -68,24 +69,46 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
         generated = None
         if cfg.self_instruct.enabled:  # Self-Instruct rows join the SFT mixture
             generated = _stage("self_instruct", cfg, {"generator": cfg.self_instruct.generator or base})["data_path"]
-        sft = _stage("sft", cfg, {"base": base, "generated": generated})
-        final, models = sft, {"base": base, "sft": sft["model_path"]}
-        reward = None
-        if preference:
-            from stages.preference import NEEDS_REWARD
+        sfts, rewards, prefs = [], [], []
+        for seed_cfg in per_seed(cfg):  # one sft (and preference) model per training seed
+            sft = _stage("sft", seed_cfg, {"base": base, "generated": generated})
+            sfts.append(sft)
+            if preference:
+                from stages.preference import NEEDS_REWARD
 
-            if cfg.preference.method in NEEDS_REWARD:
-                reward = _stage("reward", cfg, {"sft": cfg.reward.model_path or sft["model_path"], "template": sft["template"]})
-            start = cfg.preference.model_path or sft["model_path"]
-            pref = _stage("preference", cfg, {"sft": start, "template": sft["template"], "reward": reward and reward["model_path"]})
-            final, models = pref, {**models, pref["stage"]: pref["model_path"]}
+                reward = None
+                if cfg.preference.method in NEEDS_REWARD:
+                    reward = _stage("reward", seed_cfg, {"sft": cfg.reward.model_path or sft["model_path"], "template": sft["template"]})
+                    rewards.append(reward)
+                start = cfg.preference.model_path or sft["model_path"]
+                prefs.append(_stage("preference", seed_cfg, {"sft": start, "template": sft["template"],
+                                                             "reward": reward and reward["model_path"]}))
+        sft, reward = sfts[0], rewards[0] if rewards else None
+        finals = prefs or sfts
+        final = finals[0]
+        models = {"base": base, "sft": _one_or_all([s["model_path"] for s in sfts])}
+        if prefs:
+            models[final["stage"]] = _one_or_all([p["model_path"] for p in prefs])
         wanted = {final["stage"] if m == "preference" else m for m in cfg.evaluate.models} | {final["stage"]}
         scored = {k: v for k, v in models.items() if k in wanted}
-        evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft["template"], "reward": reward and reward["model_path"]})
-        verdict = promote_task(cfg, final["stage"], final["model_path"], evaluation["metrics"], parent)
+        judge = _one_or_all([r["model_path"] for r in rewards]) if rewards else None
+        evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft["template"], "reward": judge})
+        verdict = promote_task(cfg, final["stage"], final["model_path"], evaluation, parent)
         comparison = compare_task(cfg, parent)
-    return {"select": selected, "sft": sft, "reward": reward, "final": final, "evaluate": evaluation, "gate": verdict,
-            "comparison": comparison, "parent_run_id": parent}
+    return {"select": selected, "sft": sft, "sft_seeds": sfts, "reward": reward, "final": final, "final_seeds": finals,
+            "evaluate": evaluation, "gate": verdict, "comparison": comparison, "parent_run_id": parent}
+
+
+def per_seed(cfg: PipelineConfig) -> list[PipelineConfig]:
+    """The config once per training seed (`seeds`), its `seed` set to it (launched ranks get it as
+    an override); one seed: the config itself, so a single-seed run keeps its cache keys."""
+    if cfg.training_seeds == [cfg.seed]:
+        return [cfg]
+    return [dataclasses.replace(cfg, seed=s, overrides=[*cfg.overrides, f"seed={s}"]) for s in cfg.training_seeds]
+
+
+def _one_or_all(paths: list[str]) -> str | list[str]:
+    return paths[0] if len(paths) == 1 else paths
 
 
 # -- stage tasks ---------------------------------------------------------------------------------
@@ -165,7 +188,8 @@ def _stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> dict:
     from alignpipe import tracking
 
     policy = getattr(cfg.orchestration, stage)
-    options = dict(name=stage, task_run_name=stage, retries=policy.retries, retry_delay_seconds=policy.retry_delay_seconds,
+    label = f"{stage}-seed{cfg.seed}" if stage in SEEDED and len(cfg.training_seeds) > 1 else stage
+    options = dict(name=stage, task_run_name=label, retries=policy.retries, retry_delay_seconds=policy.retry_delay_seconds,
                    timeout_seconds=policy.timeout_seconds)
     state = stage_task.with_options(**options)(stage, cfg, inputs, return_state=True)
     result = state.result()
@@ -190,12 +214,12 @@ def _outputs_intact(result: dict) -> bool:
 
 
 @task(name="promote")
-def promote_task(cfg: PipelineConfig, candidate: str, model_path: str, metrics: dict, parent_run_id: str) -> dict:
+def promote_task(cfg: PipelineConfig, candidate: str, model_path: str, evaluation: dict, parent_run_id: str) -> dict:
     """Register the final model; move the `champion` alias to it only if the gate passes."""
     from alignpipe import promote
 
     with stdout_to_prefect():
-        return promote.gate_and_register(cfg, candidate, model_path, metrics, parent_run_id)
+        return promote.gate_and_register(cfg, candidate, model_path, evaluation, parent_run_id)
 
 
 @task(name="compare")
@@ -271,7 +295,8 @@ def code_digest() -> str:
         h = hashlib.sha256()
         for f in sorted([*ROOT.glob("alignpipe/*.py"), *ROOT.glob("stages/*.py")]):
             h.update(f.name.encode() + f.read_bytes())
-        h.update(json.dumps(environment()["packages"], sort_keys=True).encode())
+        env = environment()  # other CPU kernels train other weights: not the same result
+        h.update(json.dumps([env["packages"], env["cpu_capability"]], sort_keys=True).encode())
         _code = h.hexdigest()
     return _code
 

@@ -24,55 +24,90 @@ from collections import defaultdict
 
 import mlflow
 
-from alignpipe import checks, data, models, scoring, templates, tracking
+from alignpipe import checks, data, models, scoring, stats, templates, tracking
 from alignpipe.config import PipelineConfig
 
 # Direction of each headline metric: +1 higher is better, -1 lower is better.
-HEADLINE = {
-    "heldout_loss": -1,
-    "acc_seen": 1,
-    "acc_heldout": 1,
-    "pref_accuracy": 1,
-    "pref_margin": 1,
-    "refusal_rate": 1,
-    "over_refusal": -1,
-}
+HEADLINE = {k: v for k, v in stats.DIRECTIONS.items() if not k.startswith("reward_")}
 
 
-def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str | None = None, reward_model: str | None = None) -> dict:
+def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], template: str | None = None,
+                 reward_model: str | list[str] | None = None) -> dict:
     """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite;
-    with a reward model, also its scores and win rates against the SFT model's answers."""
+    a list of paths is one model per training seed (`cfg.training_seeds`), scored each.
+
+    Every headline metric gets a 95% interval and every later model a paired difference against
+    each earlier one (alignpipe.stats); with a reward model, also its scores and win rates
+    against the SFT model's answers."""
     template = template or cfg.sft.template
     rows = data.eval_rows(cfg, "eval")
     pairs = data.eval_rows(cfg, "eval_preference")
     seen = data.seen_categories(cfg)
-    section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template, "reward_model": reward_model}
+    per_seed = {name: path if isinstance(path, list) else [path] for name, path in model_paths.items()}
+    n_seeds = max(len(p) for p in per_seed.values())
+    seeds = cfg.training_seeds if len(cfg.training_seeds) == n_seeds else list(range(n_seeds))
+    judges = reward_model if isinstance(reward_model, list) else [reward_model] * n_seeds
+    section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template,
+               "reward_model": reward_model, "seeds": seeds}
     with tracking.stage_run(cfg, "evaluate", section) as run:
-        mlflow.log_params({"eval_digest": data.rows_digest(rows), "eval_rows": len(rows), "eval_pairs": len(pairs)})
+        mlflow.log_params({"eval_digest": data.rows_digest(rows), "eval_rows": len(rows), "eval_pairs": len(pairs),
+                           "n_seeds": n_seeds})
         for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
             for src in data.sources(getattr(cfg.data, name)):
                 tracking.log_dataset(src.path, context)
-        for name, path in model_paths.items():
-            tracking.log_model_input(path, f"scored.{name}")
-        reference = _pair_logprobs(model_paths["sft"], cfg, template, pairs) if "sft" in model_paths and pairs else None
-        table, per_category, samples, generations = {}, {}, [], {}
-        for name, path in model_paths.items():
-            metrics, cats, rows_out = _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations)
-            table[name], per_category[name] = metrics, cats
-            samples.extend(rows_out)
+        for name, paths in per_seed.items():
+            for i, path in enumerate(paths):
+                tracking.log_model_input(path, f"scored.{name}" + (f".seed{seeds[i]}" if len(paths) > 1 else ""))
+        runs, seed_tables, per_category, samples = [], [], {}, []
+        for i in range(n_seeds):
+            paths = {name: p[i] if len(p) > 1 else p[0] for name, p in per_seed.items()}
+            reference = _pair_logprobs(paths["sft"], cfg, template, pairs) if "sft" in paths and pairs else None
+            table, items, generations = {}, {}, {}
+            for name, path in paths.items():
+                if i and len(per_seed[name]) == 1:  # a model not trained per seed (the base) is scored once
+                    table[name], items[name] = seed_tables[0][name], runs[0][name]
+                    continue
+                metrics, cats, rows_out, items[name] = _score_model(name, path, cfg, template, rows, pairs, seen, reference,
+                                                                    generations)
+                table[name] = metrics
+                per_category.setdefault(name, []).append(cats)
+                if i == 0:
+                    samples.extend(rows_out)
+            if judges[i]:
+                _add_reward_model_scores(table, generations, judges[i], cfg, template, rows)
+            runs.append(items)
+            seed_tables.append(table)
         if reward_model:
-            tracking.tag_upstream(cfg, "reward", reward_model)
-            tracking.log_model_input(reward_model, "judge")
-            _add_reward_model_scores(table, generations, reward_model, cfg, template, rows)
+            for judge in dict.fromkeys(judges):
+                tracking.tag_upstream(cfg, "reward", judge)
+                tracking.log_model_input(judge, "judge")
+        suite = stats.Suite([r["category"] for r in rows], [r["check"] for r in rows], [p["category"] for p in pairs], seen)
+        labels = list(per_seed)
+        summary = stats.summarize(runs, suite, [(a, b) for j, a in enumerate(labels) for b in labels[:j]])
+        table = _mean_table(seed_tables, summary)
+        intervals = {m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()} for m, ks in summary["models"].items()}
+        comparisons = {pair: {k: {**{f: round(v[f], 4) for f in ("delta", "lo", "hi")}, "verdict": v["verdict"],
+                                  "direction": v["direction"], "per_seed": [round(x, 4) for x in v["per_seed"]]}
+                              for k, v in ks.items()}
+                       for pair, ks in summary["comparisons"].items()}
         for name, metrics in table.items():
             mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
+            mlflow.log_metrics({f"{name}/{k}_{end}": b for k, (lo, hi) in intervals[name].items() for end, b in (("lo", lo), ("hi", hi))})
+        for pair, ks in comparisons.items():
+            mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
         mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
-        tracking.log_json({"summary": table, "per_category": per_category, "seen_categories": sorted(seen)}, "evaluation.json")
+        per_category = {name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]} for name, cats in per_category.items()}
+        tracking.log_json({"summary": table, "intervals": intervals, "comparisons": comparisons, "method": stats.METHOD,
+                           "seeds": seeds, "per_seed": seed_tables, "per_category": per_category,
+                           "seen_categories": sorted(seen), "items": runs}, "evaluation.json")
         result = {
             "stage": "evaluate",
             "run_id": run.info.run_id,
             "models": model_paths,
+            "seeds": seeds,
             "metrics": table,
+            "intervals": intervals,
+            "comparisons": comparisons,
             "per_category": per_category,
             "template": template,
         }
@@ -81,7 +116,22 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str], template: str
     return result
 
 
+def _mean_table(seed_tables: list[dict], summary: dict) -> dict[str, dict[str, float | None]]:
+    """Each model's metrics, averaged over seeds (headline metrics: the summary's values)."""
+    table = {}
+    for name in seed_tables[0]:
+        keys = dict.fromkeys(k for t in seed_tables for k in t[name])
+        table[name] = {}
+        for k in keys:
+            values = [t[name].get(k) for t in seed_tables if t[name].get(k) is not None]
+            table[name][k] = round(sum(values) / len(values), 4) if values else None
+        for k, v in summary["models"].get(name, {}).items():
+            table[name][k] = round(v["value"], 4)
+    return table
+
+
 def _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations=None):
+    """(metrics, per-category accuracy, sample rows, per-item scores) of one model."""
     model = models.load_model(path, cfg.model)
     model.eval()
     tok = models.load_tokenizer(path, cfg.model)
@@ -95,24 +145,18 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
 
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
     scores = scoring.response_logprobs(model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size)
-    heldout_loss, _ = scoring.perplexity(scores)
     by_seen = {k: [s for i, s in zip(task, scores) if (rows[i]["category"] in seen) == k] for k in (True, False)}
+    logprob, tokens = [0.0] * len(rows), [0] * len(rows)
+    for i, (s, n) in zip(task, scores):
+        logprob[i], tokens[i] = s, n
+    items = {"correct": [int(bool(c)) for c in correct], "refused": [int(bool(r)) for r in refused],
+             "logprob": logprob, "tokens": tokens, "margin": None, "reward": None}
 
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for i in task:
         by_cat[rows[i]["category"]].append(correct[i])
     cat_acc = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
-    seen_acc = [a for c, a in cat_acc.items() if c in seen]
-    unseen_acc = [a for c, a in cat_acc.items() if c not in seen]
-    unsafe = [refused[i] for i, r in enumerate(rows) if r["check"] == "refusal"]
-    safe = [refused[i] for i, r in enumerate(rows) if r["check"] != "refusal"]
-
     metrics = {
-        "heldout_loss": round(heldout_loss, 4),
-        "acc_seen": _mean(seen_acc),
-        "acc_heldout": _mean(unseen_acc),
-        "refusal_rate": _mean(unsafe),
-        "over_refusal": _mean(safe),
         "loss_seen": round(scoring.perplexity(by_seen[True])[0], 4) if by_seen[True] else None,
         "loss_heldout": round(scoring.perplexity(by_seen[False])[0], 4) if by_seen[False] else None,
     }
@@ -120,14 +164,10 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     if pairs:
         is_reference = name == "sft" and reference is not None  # already scored as the reference
         chosen, rejected = reference if is_reference else _pair_logprobs(path, cfg, template, pairs, model, tok)
-        diffs = [c - r for c, r in zip(chosen, rejected)]
-        metrics["pref_accuracy"] = _mean([d > 0 for d in diffs])
-        metrics["pref_margin"] = round(sum(diffs) / len(diffs), 4)
+        items["margin"] = [c - r for c, r in zip(chosen, rejected)]
         if reference is not None:
             rc, rr = reference
-            rewards = [ev.beta * ((c - c0) - (r - r0)) for c, r, c0, r0 in zip(chosen, rejected, rc, rr)]
-            metrics["reward_accuracy"] = _mean([x > 0 for x in rewards])
-            metrics["reward_margin"] = round(sum(rewards) / len(rewards), 4)
+            items["reward"] = [ev.beta * ((c - c0) - (r - r0)) for c, r, c0, r0 in zip(chosen, rejected, rc, rr)]
     samples = [
         {
             "model": name,
@@ -140,7 +180,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
         }
         for i in _spread(rows, ev.num_samples)
     ]
-    return metrics, {c: round(a, 4) for c, a in cat_acc.items()}, samples
+    return metrics, {c: round(a, 4) for c, a in cat_acc.items()}, samples, items
 
 
 def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
@@ -205,25 +245,41 @@ def _mean(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def format_table(metrics: dict[str, dict[str, float]]) -> str:
-    """The comparison table: one row per model, headline metrics as columns (arrows: better)."""
-    cols = [c for c in list(HEADLINE) + ["reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"] if any(c in m for m in metrics.values())]
-    head = ["model"] + [f"{c}{'↑' if HEADLINE.get(c, 1) > 0 else '↓'}" for c in cols]
-    lines = [head] + [[name] + [_fmt(m.get(c)) for c in cols] for name, m in metrics.items()]
+def format_table(metrics: dict[str, dict[str, float]], intervals: dict | None = None, comparisons: dict | None = None) -> str:
+    """One row per metric (arrow: which way is better), one column per model (`value [lo, hi]`),
+    then each model's paired difference against the model before it, marked better/tied/worse."""
+    intervals, comparisons = intervals or {}, comparisons or {}
+    extra = ["reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"]
+    keys = [k for k in list(HEADLINE) + extra if any(m.get(k) is not None for m in metrics.values())]
+    names = list(metrics)
+    chain = [f"{a}_vs_{b}" for b, a in zip(names, names[1:]) if f"{a}_vs_{b}" in comparisons]
+    head = ["metric"] + names + [c.replace("_vs_", " vs ") for c in chain]
+    lines = [head]
+    for k in keys:
+        arrow = "↑" if stats.DIRECTIONS.get(k, 1) > 0 else "↓"
+        cells = [f"{k} {arrow}"]
+        for name in names:
+            lo_hi = intervals.get(name, {}).get(k)
+            cells.append(stats.fmt(metrics[name].get(k), *(lo_hi or (None, None))))
+        for c in chain:
+            d = comparisons[c].get(k)
+            cells.append(f"{stats.fmt(d['delta'], d['lo'], d['hi'], signed=True)} {d['verdict']}" if d else "-")
+        lines.append(cells)
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in lines)
+    return "\n".join("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))).rstrip()
+                     for r in lines)
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
-def wins(better: dict[str, float], worse: dict[str, float]) -> tuple[list[str], list[str]]:
-    """(headline metrics where `better` is strictly better, those where it is worse)."""
-    up, down = [], []
-    for k, sign in HEADLINE.items():
-        a, b = better.get(k), worse.get(k)
-        if a is None or b is None or a == b:
+def verdict_lines(comparisons: dict, pairs: list[tuple[str, str]]) -> list[str]:
+    """`dpo vs sft: better on 2 (...), tied on 5 (...), worse on 0 (-)`, by the paired intervals."""
+    out = []
+    for a, b in pairs:
+        diffs = comparisons.get(f"{a}_vs_{b}")
+        if not diffs:
             continue
-        (up if (a - b) * sign > 0 else down).append(k)
-    return up, down
+        parts = []
+        for word in ("better", "tied", "worse"):
+            names = [k for k, d in diffs.items() if k in HEADLINE and d["verdict"] == word]
+            parts.append(f"{word} on {len(names)} ({', '.join(names) or '-'})")
+        out.append(f"{a} vs {b}: " + ", ".join(parts))
+    return out

@@ -16,8 +16,9 @@ _ALIGNPIPE = ROOT / ".venv" / "bin" / "alignpipe"
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache():
-    """ALIGNPIPE_CACHE -> <repo>/.alignpipe/cache (git-ignored), so tiny models survive test runs."""
-    cache = ROOT / ".alignpipe" / "cache"
+    """ALIGNPIPE_CACHE -> <repo>/.alignpipe/cache (git-ignored), so tiny models survive test runs;
+    an exported ALIGNPIPE_CACHE wins (a fresh one rebuilds them, e.g. under other CPU kernels)."""
+    cache = Path(os.environ.get("ALIGNPIPE_CACHE") or ROOT / ".alignpipe" / "cache")
     cache.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNPIPE_CACHE", str(cache))

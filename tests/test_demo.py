@@ -2,6 +2,7 @@
 temporary local Prefect server, MLflow on sqlite), exactly what `make demo` runs."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -25,30 +26,30 @@ def test_demo_completes_and_prints_the_table(demo):
     assert "Traceback" not in proc.stderr
     assert "select: tiny-" in out and "lowest held-out response perplexity" in out
     table = out[out.index("Evaluation on the frozen suite") :].splitlines()
-    assert [line.split()[0] for line in table[2:5]] == ["base", "sft", "dpo"]
+    assert "1 seed(s) [42]" in table[0] and "95% interval" in table[1]
+    assert table[2].split() == ["metric", "base", "sft", "dpo", "sft", "vs", "base", "dpo", "vs", "sft"]
+    acc = next(line for line in table if line.startswith("acc_seen"))
+    assert acc.count("[") == 5 and acc.split()[-1] in ("better", "tied", "worse")  # 3 models, 2 paired differences
+    assert any(line.startswith("sft vs base: better on ") for line in table)
+    assert any(line.startswith("dpo vs sft: better on ") and ", tied on " in line for line in table)
+    gate = next(line for line in table if line.startswith("gate: "))
+    assert "(dpo vs sft, 1 seed, tolerance 0.05)" in gate and "registered tiny v1" in gate
     # ... and it ends with the comparison read back from MLflow (`alignpipe compare`)
     comparison = out[out.index("Comparison from MLflow") :].splitlines()
-    assert [line.split()[0] for line in comparison[2:5]] == ["base", "sft-only", "dpo"]
-    assert "gate: passed (dpo vs sft); registered tiny v1, alias champion" in out
+    assert comparison[1].split()[:4] == ["metric", "base", "sft-only", "dpo"]
 
 
 def test_fine_tuning_helps_on_held_out_data(demo):
-    """What the demo claims, measured honestly on data never trained on."""
+    """What the demo claims on any machine: the large effects, each with its interval excluding zero.
+    DPO vs SFT-only differences are small on this suite; no single-seed claim is made on them here
+    (the README's table is over 3 seeds)."""
     _, state = demo
-    m = json.loads((state / "runs" / "tiny" / "evaluate.json").read_text())["metrics"]
-    base, sft, dpo = m["base"], m["sft"], m["dpo"]
-    # SFT-only beats the base model.
-    assert sft["heldout_loss"] < base["heldout_loss"]
-    assert sft["acc_seen"] > base["acc_seen"]
-    assert sft["refusal_rate"] > base["refusal_rate"]
-    assert sft["over_refusal"] <= base["over_refusal"] + 0.02
-    # DPO beats SFT-only on the preference metrics, and keeps task accuracy and refusals
-    # (within one answer of the ~140 task / 20 unsafe prompts: greedy decoding is brittle).
-    assert dpo["pref_accuracy"] >= sft["pref_accuracy"] and dpo["pref_margin"] > sft["pref_margin"]
-    assert dpo["reward_accuracy"] > 0.5 and dpo["reward_margin"] > 0
-    assert dpo["acc_seen"] >= sft["acc_seen"] - 0.01
-    assert dpo["refusal_rate"] >= sft["refusal_rate"] - 0.05
-    assert dpo["over_refusal"] <= sft["over_refusal"] + 0.01
+    result = json.loads((state / "runs" / "tiny" / "evaluate.json").read_text())
+    sft_vs_base = result["comparisons"]["sft_vs_base"]
+    for metric in ("heldout_loss", "acc_seen", "refusal_rate"):
+        assert sft_vs_base[metric]["verdict"] == "better", (metric, sft_vs_base[metric])
+    # DPO learned the preference: its implicit reward ranks held-out pairs above chance.
+    assert result["intervals"]["dpo"]["reward_accuracy"][0] > 0.5, result["intervals"]["dpo"]
 
 
 def test_every_stage_lands_one_finished_mlflow_run(demo):
@@ -59,9 +60,18 @@ def test_every_stage_lands_one_finished_mlflow_run(demo):
     assert all(r.info.status == "FINISHED" for r in runs)
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
-    champion = mlflow.MlflowClient().get_model_version_by_alias("tiny", "champion")
+    client = mlflow.MlflowClient()
+    gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
+    assert gate["candidate"] == "dpo" and gate["baseline"] == "sft" and gate["seeds"] == [42]
+    assert [c["metric"] for c in gate["checks"]] == ["pref_accuracy", "acc_seen", "refusal_rate"]
+    for c in gate["checks"]:  # each check follows the rule from its own interval
+        assert c["passed"] == ((c["lo"] if c["direction"] > 0 else -c["hi"]) >= -gate["tolerance"]), c
     dpo = next(r for r in runs if r.info.run_name == "dpo")
-    assert champion.run_id == dpo.info.run_id  # the DPO model passed the gate
+    version = client.get_model_version("tiny", gate["registered"]["version"])
+    assert version.run_id == dpo.info.run_id
+    aliases = client.get_registered_model("tiny").aliases
+    assert ("champion" in aliases) == gate["passed"]  # the alias moves only when the gate passes
     evaluate = next(r for r in runs if r.info.run_name == "evaluate")
     for model in ("base", "sft", "dpo"):
-        assert f"{model}/acc_seen" in evaluate.data.metrics
+        assert {f"{model}/acc_seen", f"{model}/acc_seen_lo", f"{model}/acc_seen_hi"} <= set(evaluate.data.metrics)
+    assert {"dpo_vs_sft/acc_seen_delta", "dpo_vs_sft/acc_seen_lo", "dpo_vs_sft/acc_seen_hi"} <= set(evaluate.data.metrics)

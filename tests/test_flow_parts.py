@@ -61,13 +61,17 @@ def test_bad_orchestration_values_are_reported_together():
 
 
 def test_gate_respects_metric_direction_and_tolerance():
-    cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]"])
+    """The gate reads the paired differences' intervals (tests/test_stats.py covers the rule in depth)."""
+    cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]", "promote.tolerance=0"])
     metrics = {"sft": {"acc_seen": 0.30, "over_refusal": 0.02}, "dpo": {"acc_seen": 0.33, "over_refusal": 0.03}}
-    v = verdict(cfg, "dpo", metrics)
+    diffs = {"acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
+             "over_refusal": {"delta": 0.01, "lo": -0.005, "hi": 0.015, "direction": -1, "verdict": "tied"}}
+    evaluation = {"metrics": metrics, "comparisons": {"dpo_vs_sft": diffs}, "seeds": [42]}
+    v = verdict(cfg, "dpo", evaluation)
     assert not v["passed"] and [c["passed"] for c in v["checks"]] == [True, False]  # over_refusal: lower is better
     cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]", "promote.tolerance=0.02"])
-    assert verdict(cfg, "dpo", metrics)["passed"]
+    assert verdict(cfg, "dpo", evaluation)["passed"]
     cfg = load_config("configs/tiny.yaml", ["promote.metrics=[no_such_metric]"])
-    assert verdict(cfg, "dpo", metrics)["checks"][0]["why"] == "not measured"
-    only_sft = {"base": {"acc_seen": 0.01}, "sft": {"acc_seen": 0.3}}
+    assert verdict(cfg, "dpo", evaluation)["checks"][0]["why"] == "not measured"
+    only_sft = {"metrics": {"base": {"acc_seen": 0.01}, "sft": {"acc_seen": 0.3}}, "comparisons": {}}
     assert verdict(load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen]"]), "sft", only_sft)["baseline"] == "base"

@@ -132,11 +132,30 @@ def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):
     # The SFT model is the reference: its implicit DPO reward is zero by definition.
     assert result["metrics"]["sft"]["reward_margin"] == 0
     assert "lowercase" in result["per_category"]["sft"] and "uppercase" in result["per_category"]["sft"]
+    # Every headline metric has a 95% interval around it, every later model a paired difference.
+    for name, ks in result["intervals"].items():
+        for k, (lo, hi) in ks.items():
+            assert lo <= result["metrics"][name][k] <= hi, (name, k)
+    assert set(result["comparisons"]) == {"sft_vs_base", "dpo_vs_base", "dpo_vs_sft"}
+    d = result["comparisons"]["dpo_vs_sft"]["acc_seen"]
+    assert d["lo"] <= d["delta"] <= d["hi"] and d["verdict"] in ("better", "tied", "worse")
     run = run_of(cfg, result["run_id"])
     assert run.info.status == "FINISHED"
-    assert "dpo/pref_accuracy" in run.data.metrics
+    for key in ("dpo/pref_accuracy", "dpo/pref_accuracy_lo", "dpo/pref_accuracy_hi", "dpo_vs_sft/acc_seen_delta",
+                "dpo_vs_sft/acc_seen_lo", "dpo_vs_sft/acc_seen_hi"):
+        assert key in run.data.metrics, key
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"samples.json", "evaluation.json"} <= artifacts
+    env = json.loads(Path(mlflow.MlflowClient().download_artifacts(run.info.run_id, "environment.json")).read_text())
+    assert env["cpu_capability"] and env["torch_threads"] >= 1 and "deterministic_algorithms" in env
+
+
+def test_evaluate_is_deterministic_on_one_machine(cfg, sft):
+    """The same models scored twice on the same machine: identical metrics, intervals and differences."""
+    first = run_evaluate(cfg, {"sft": sft["model_path"]}, sft["template"])
+    second = run_evaluate(cfg, {"sft": sft["model_path"]}, sft["template"])
+    for part in ("metrics", "intervals", "comparisons"):
+        assert first[part] == second[part], part
 
 
 def test_sft_with_lora_chat_template_and_packing(cfg, selected, tmp_path, monkeypatch):
