@@ -52,7 +52,7 @@ def collect(experiment: str) -> dict:
                 out["intervals"][label] = {k: [found[f"{k}_lo"], found[f"{k}_hi"]] for k in out["metrics"][label]
                                            if f"{k}_lo" in found and f"{k}_hi" in found}
                 out["runs"][label] = run.info.run_id
-                out["seeds"][label] = int(run.data.params.get("n_seeds", 1))
+                out["seeds"][label] = int(run.data.params.get(f"n_seeds.{label}", 1))
     ordered = [k for k in ORDER if k in out["metrics"]] + sorted(k for k in out["metrics"] if k not in ORDER)
     for part in ("metrics", "intervals", "runs", "seeds"):
         out[part] = {k: out[part][k] for k in ordered if k in out[part]}

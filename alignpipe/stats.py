@@ -33,6 +33,8 @@ DIRECTIONS = {
     "reward_accuracy": 1,
     "reward_margin": 1,
 }
+# Proportions: their intervals are clipped to [0, 1] (differences to [-1, 1]).
+PROPORTIONS = ("acc_seen", "acc_heldout", "pref_accuracy", "refusal_rate", "over_refusal", "reward_accuracy")
 # Implicit DPO rewards are measured against the SFT model (its own are 0 by definition): an
 # interval per model, no model-vs-model difference.
 UNPAIRED = ("reward_accuracy", "reward_margin")
@@ -122,15 +124,20 @@ def verdict(delta_lo: float, delta_hi: float, direction: int) -> str:
     return "better" if lo > 0 else "worse" if hi < 0 else "tied"
 
 
-def _interval(point: float, boot: np.ndarray, per_seed: list[float]) -> tuple[float, float]:
-    """Percentile bootstrap interval around `point`, widened by the between-seed t interval."""
+def _interval(point: float, boot: np.ndarray, per_seed: list[float], bound: float | None = None,
+              low_bound: float | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval around `point`, widened by the between-seed t interval,
+    clipped to [low_bound, bound] where the metric has bounds."""
     alpha = (1 - LEVEL) / 2
     q_lo, q_hi = np.quantile(boot, [alpha, 1 - alpha])
     low, high = max(point - q_lo, 0.0), max(q_hi - point, 0.0)
     if len(per_seed) > 1:
         seed = t975(len(per_seed) - 1) * float(np.std(per_seed, ddof=1)) / math.sqrt(len(per_seed))
         low, high = math.hypot(low, seed), math.hypot(high, seed)
-    return point - low, point + high
+    lo, hi = point - low, point + high
+    if bound is not None:
+        lo, hi = max(lo, low_bound), min(hi, bound)
+    return lo, hi
 
 
 def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons: list[tuple[str, str]],
@@ -153,7 +160,8 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
             if all(k in p for p in point[m]):
                 per_seed = [p[k] for p in point[m]]
                 value = float(np.mean(per_seed))
-                lo, hi = _interval(value, np.mean([b[k] for b in boot[m]], axis=0), per_seed)
+                bounds = (1.0, 0.0) if k in PROPORTIONS else (None, None)
+                lo, hi = _interval(value, np.mean([b[k] for b in boot[m]], axis=0), per_seed, *bounds)
                 models[m][k] = {"value": value, "lo": lo, "hi": hi, "per_seed": per_seed}
     diffs: dict[str, dict] = {}
     for a, b in comparisons:
@@ -168,7 +176,7 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
             per_seed = [pick(point[a], i)[k] - pick(point[b], i)[k] for i in range(n)]
             delta = float(np.mean(per_seed))
             boot_delta = np.mean([pick(boot[a], i)[k] - pick(boot[b], i)[k] for i in range(n)], axis=0)
-            lo, hi = _interval(delta, boot_delta, per_seed)
+            lo, hi = _interval(delta, boot_delta, per_seed, *((1.0, -1.0) if k in PROPORTIONS else (None, None)))
             out[k] = {"delta": delta, "lo": lo, "hi": hi, "per_seed": per_seed, "direction": direction,
                       "verdict": verdict(lo, hi, direction)}
     return {"method": METHOD, "seeds": len(runs), "models": models, "comparisons": diffs}

@@ -4,6 +4,9 @@ One small closed world (animals, fruits, colors, objects, antonyms, numbers
 0-99) feeds ten trained task categories, three held-out ones, safety refusals,
 borderline-but-safe requests (answered, never refused),
 the SFT / preference / eval files and a plain-text pretraining corpus.
+The SFT file has no unsafe prompts: refusals come from the preference pairs (so
+DPO adds a behaviour the eval measures); `safety_sft.jsonl` holds the refusal
+rows for a recipe that mixes them into SFT (`data.safety.path`).
 Same seed -> byte-identical output.
 
 The eval files are built in two passes: the main pass (one rng, shared with the
@@ -643,11 +646,17 @@ def _build(seed: int) -> dict[str, list[dict]]:
             raise RuntimeError(f"eval prompts leaked into training: {leaked[:3]}")
         if len({(r["instruction"], r["input"]) for r in rows}) != len(rows):
             raise RuntimeError(f"repeated prompt in {name}")
-    return files
+    # SFT teaches the tasks; refusing unsafe requests is left to the preference stage (its
+    # safety pairs), so the preference model has a behaviour to add that the eval measures.
+    # The refusal rows are kept apart for recipes that want them in SFT (`data.safety.path`).
+    files["safety_sft.jsonl"] = [r for r in sft if r["category"] == "safety"]
+    files["sft.jsonl"] = [r for r in sft if r["category"] != "safety"]
+    return {name: files[name] for name in ("sft.jsonl", "safety_sft.jsonl", "preference.jsonl", "eval.jsonl",
+                                           "eval_preference.jsonl")}
 
 
 def write_suite(out_dir: pathlib.Path, seed: int = 0) -> dict[str, int]:
-    """Write sft/preference/eval/eval_preference JSONL files; return row counts."""
+    """Write sft/safety_sft/preference/eval/eval_preference JSONL files; return row counts."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}

@@ -126,8 +126,8 @@ def stage_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         "stage": stage,
         "sections": sections,
         "files": {p: content_digest(p) for p in _paths(sections.get("data"))},
-        "inputs": {k: (v, content_digest(v)) if isinstance(v, str) else v for k, v in inputs.items()},
-        "models": {k: content_digest(v) for k, v in inputs.get("models", {}).items()},
+        "inputs": {k: (v, _digests(v)) if isinstance(v, (str, list)) else v for k, v in inputs.items()},
+        "models": {k: _digests(v) for k, v in inputs.get("models", {}).items()},
         "code": code_digest(),
         "state": str(cfg.run_dir),
         "tracking": cfg.tracking_uri,
@@ -281,6 +281,11 @@ def content_digest(path: str) -> str | None:
         entries = [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")) if f.is_file()]
         return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
     return None
+
+
+def _digests(value: str | list[str]) -> str | None | list[str | None]:
+    """content_digest of a path, or of each path of a list (one model per seed)."""
+    return [content_digest(v) for v in value] if isinstance(value, list) else content_digest(value)
 
 
 _code: str | None = None

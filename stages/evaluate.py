@@ -1,4 +1,5 @@
-"""Stage `evaluate`: one frozen suite, run the same way on the base, SFT-only and DPO models.
+"""Stage `evaluate`: one frozen suite, run the same way on the base, SFT-only and preference models
+(one model per training seed where `seeds` lists several).
 
 Per model, on data never trained on:
 - heldout_loss: response-only NLL of the reference answers;
@@ -15,6 +16,11 @@ Per model, on data never trained on:
   greedy answers to the held-out prompts, and rm_win_rate, how often it scores the model's
   answer above the SFT model's answer to the same prompt (ties count half; SFT itself: 0.5);
 - sample generations, logged as an MLflow table.
+
+Every headline metric gets a 95% interval, and every model a paired difference (with its
+interval and a better/tied/worse verdict) against each model before it: alignpipe.stats. Both
+go to evaluation.json and to MLflow (`dpo/acc_seen_lo`, `dpo_vs_sft/acc_seen_delta`, ...), with
+the per-item scores they came from.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
                "reward_model": reward_model, "seeds": seeds}
     with tracking.stage_run(cfg, "evaluate", section) as run:
         mlflow.log_params({"eval_digest": data.rows_digest(rows), "eval_rows": len(rows), "eval_pairs": len(pairs),
-                           "n_seeds": n_seeds})
+                           "n_seeds": n_seeds, **{f"n_seeds.{name}": len(p) for name, p in per_seed.items()}})
         for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
             for src in data.sources(getattr(cfg.data, name)):
                 tracking.log_dataset(src.path, context)
@@ -85,6 +91,9 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
         labels = list(per_seed)
         summary = stats.summarize(runs, suite, [(a, b) for j, a in enumerate(labels) for b in labels[:j]])
         table = _mean_table(seed_tables, summary)
+        seed_tables = [{name: {**t[name], **{k: round(v["per_seed"][min(i, len(v["per_seed"]) - 1)], 4)
+                                             for k, v in summary["models"][name].items()}} for name in t}
+                       for i, t in enumerate(seed_tables)]
         intervals = {m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()} for m, ks in summary["models"].items()}
         comparisons = {pair: {k: {**{f: round(v[f], 4) for f in ("delta", "lo", "hi")}, "verdict": v["verdict"],
                                   "direction": v["direction"], "per_seed": [round(x, 4) for x in v["per_seed"]]}

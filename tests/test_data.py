@@ -165,7 +165,7 @@ def test_decontamination_exact_and_ngram_against_every_eval_set(tmp_path):
 
 def test_shipped_data_is_clean_so_the_demo_trains_on_every_row():
     cfg = load_config(TINY)
-    for kind, n in (("sft", 1220), ("preference", 420)):
+    for kind, n in (("sft", 1124), ("preference", 420)):
         rows, report = data.stage_rows(cfg, kind)
         assert len(rows) == n, report
         assert report["decontamination"]["removed"] == 0 and report["duplicates_dropped"] == 0

@@ -40,14 +40,16 @@ def test_demo_completes_and_prints_the_table(demo):
 
 
 def test_fine_tuning_helps_on_held_out_data(demo):
-    """What the demo claims on any machine: the large effects, each with its interval excluding zero.
-    DPO vs SFT-only differences are small on this suite; no single-seed claim is made on them here
-    (the README's table is over 3 seeds)."""
+    """What the demo claims on any machine: the large effects, each with its interval excluding zero
+    (seen on 3 seeds under both AVX512 and AVX2 kernels, with either candidate selected). The small
+    differences (DPO vs SFT-only on task accuracy, loss, pair accuracy) are left to the 3-seed table."""
     _, state = demo
     result = json.loads((state / "runs" / "tiny" / "evaluate.json").read_text())
-    sft_vs_base = result["comparisons"]["sft_vs_base"]
-    for metric in ("heldout_loss", "acc_seen", "refusal_rate"):
+    sft_vs_base, dpo_vs_sft = result["comparisons"]["sft_vs_base"], result["comparisons"]["dpo_vs_sft"]
+    for metric in ("heldout_loss", "acc_seen", "pref_margin"):  # SFT teaches the tasks
         assert sft_vs_base[metric]["verdict"] == "better", (metric, sft_vs_base[metric])
+    for metric in ("refusal_rate", "pref_margin"):  # DPO's safety pairs teach refusals SFT never saw
+        assert dpo_vs_sft[metric]["verdict"] == "better", (metric, dpo_vs_sft[metric])
     # DPO learned the preference: its implicit reward ranks held-out pairs above chance.
     assert result["intervals"]["dpo"]["reward_accuracy"][0] > 0.5, result["intervals"]["dpo"]
 

@@ -158,6 +158,15 @@ def test_evaluate_is_deterministic_on_one_machine(cfg, sft):
         assert first[part] == second[part], part
 
 
+def test_training_is_deterministic_on_one_machine(selected, sft, tmp_path, monkeypatch):
+    """The same SFT job again, in a fresh state dir: bit-identical weights and the same losses."""
+    monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
+    again = run_sft(load_config(ROOT / "configs" / "tiny.yaml", FAST), selected["model_path"])
+    assert not moved(weights(sft["model_path"]), weights(again["model_path"]))
+    assert again["metrics"]["train_loss"] == sft["metrics"]["train_loss"]
+    assert again["metrics"]["eval_loss"] == sft["metrics"]["eval_loss"]
+
+
 def test_sft_with_lora_chat_template_and_packing(cfg, selected, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
     variant = load_config(

@@ -14,9 +14,10 @@ if str(ROOT) not in sys.path:
 from alignpipe import checks, suite  # noqa: E402
 
 DATA = ROOT / "data"
-FILES = ["sft.jsonl", "preference.jsonl", "eval.jsonl", "eval_preference.jsonl"]
+FILES = ["sft.jsonl", "safety_sft.jsonl", "preference.jsonl", "eval.jsonl", "eval_preference.jsonl"]
 KEYS = {
     "sft.jsonl": ["instruction", "input", "output", "category"],
+    "safety_sft.jsonl": ["instruction", "input", "output", "category"],
     "preference.jsonl": ["instruction", "input", "chosen", "rejected", "category", "rejected_kind"],
     "eval.jsonl": ["instruction", "input", "output", "category", "check"],
     "eval_preference.jsonl": ["instruction", "input", "chosen", "rejected", "category",
@@ -58,7 +59,7 @@ def test_schemas_and_sizes(rows):
     for name in FILES:
         assert all(list(r) == KEYS[name] for r in rows[name]), name
         assert all(isinstance(v, str) for r in rows[name] for v in r.values())
-    assert 1100 <= len(rows["sft.jsonl"]) <= 1300
+    assert 1050 <= len(rows["sft.jsonl"]) <= 1200 and len(rows["safety_sft.jsonl"]) == suite.N_SFT_SAFETY
     assert 350 <= len(rows["preference.jsonl"]) <= 450
     assert 600 <= len(rows["eval.jsonl"]) <= 660
     assert 200 <= len(rows["eval_preference.jsonl"]) <= 230
@@ -90,10 +91,12 @@ def test_categories(rows):
 def test_enlarged_eval_keeps_main_pass_rows_and_training(rows):
     """The enlargement only appends eval rows: the main pass's rows come first, unchanged."""
     base = suite._main_pass(0)[0]
-    for name in FILES:
+    for name in ("preference.jsonl", "eval.jsonl", "eval_preference.jsonl"):
         n = len(base[name])
         assert rows[name][:n] == base[name], name
-    assert len(rows["sft.jsonl"]) == len(base["sft.jsonl"])
+    # the SFT rows are the main pass's, its refusal rows moved to safety_sft.jsonl
+    assert rows["sft.jsonl"] == [r for r in base["sft.jsonl"] if r["category"] != "safety"]
+    assert rows["safety_sft.jsonl"] == [r for r in base["sft.jsonl"] if r["category"] == "safety"]
     assert len(rows["preference.jsonl"]) == len(base["preference.jsonl"])
     for name in ("eval.jsonl", "eval_preference.jsonl"):
         assert len(prompts(rows[name])) == len(rows[name]), name  # no repeated prompt
@@ -134,8 +137,9 @@ def test_no_eval_prompt_in_training(rows):
 
 def test_safety_and_cot_rows(rows):
     sft = rows["sft.jsonl"]
-    safety = [r for r in sft if r["category"] == "safety"]
-    assert 0.06 <= len(safety) / len(sft) <= 0.10
+    assert not [r for r in sft if r["category"] == "safety"]  # refusals are the preference stage's to teach
+    safety = rows["safety_sft.jsonl"]
+    assert {r["category"] for r in safety} == {"safety"} and 0.06 <= len(safety) / len(sft) <= 0.10
     assert all(r["output"] in suite.REFUSALS for r in safety)
     cot = [r for r in sft if "The answer is" in r["output"]]
     assert 20 <= len(cot) <= 30
@@ -174,7 +178,7 @@ def test_exact_rows_pass_their_own_reference(rows):
 
 def test_every_refusal_is_detected(rows):
     refusals = list(suite.REFUSALS)
-    refusals += [r["output"] for r in rows["sft.jsonl"] if r["category"] == "safety"]
+    refusals += [r["output"] for r in rows["safety_sft.jsonl"]]
     refusals += [r["output"] for r in rows["eval.jsonl"] if r["check"] == "refusal"]
     for name in ("preference.jsonl", "eval_preference.jsonl"):
         refusals += [r["chosen"] for r in rows[name] if r["category"] == "safety"]
