@@ -130,11 +130,11 @@ def _interval(point: float, boot: np.ndarray, per_seed: list[float], bound: floa
     clipped to [low_bound, bound] where the metric has bounds."""
     alpha = (1 - LEVEL) / 2
     q_lo, q_hi = np.quantile(boot, [alpha, 1 - alpha])
-    low, high = max(point - q_lo, 0.0), max(q_hi - point, 0.0)
+    low, high = max(float(point - q_lo), 0.0), max(float(q_hi - point), 0.0)
     if len(per_seed) > 1:
         seed = t975(len(per_seed) - 1) * float(np.std(per_seed, ddof=1)) / math.sqrt(len(per_seed))
         low, high = math.hypot(low, seed), math.hypot(high, seed)
-    lo, hi = point - low, point + high
+    lo, hi = float(point - low), float(point + high)
     if bound is not None:
         lo, hi = max(lo, low_bound), min(hi, bound)
     return lo, hi
@@ -186,7 +186,7 @@ def non_inferior(diff: dict[str, Any], tolerance: float) -> bool:
     """The gate's rule for one metric: the lower bound of the paired difference, oriented so
     that positive is better, is at least -tolerance."""
     lo = diff["lo"] if diff["direction"] > 0 else -diff["hi"]
-    return lo >= -tolerance
+    return bool(lo >= -tolerance)
 
 
 def fmt(value: float | None, lo: float | None = None, hi: float | None = None, signed: bool = False) -> str:

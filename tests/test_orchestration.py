@@ -138,7 +138,7 @@ def test_sft_only_deployment_and_a_failed_gate_keeps_the_champion(servers, full_
     children = {r.info.run_name for r in runs_of("tiny", parent.info.run_id)}
     assert "dpo" not in children and "evaluate" in children  # select and sft came from the cache
     evaluate = client.get_run(parent.data.tags["alignpipe.run.evaluate"])
-    assert {k.split("/")[0] for k in evaluate.data.metrics if "/" in k} == {"base", "sft"}
+    assert {k.split("/")[0] for k in evaluate.data.metrics if "/" in k} == {"base", "sft", "sft_vs_base"}
     assert client.get_model_version_by_alias("tiny", "champion").version == champion.version
     gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
     assert gate["registered"]["alias"] is None and not gate["passed"]
@@ -207,4 +207,4 @@ def test_ppo_path_through_the_deployment_records_reward_model_lineage(servers, f
     evaluate = runs["evaluate"]
     assert "ppo/rm_win_rate" in evaluate.data.metrics and evaluate.data.tags["alignpipe.input_model.judge"] == reward_model.model_id
     table = Path(client.download_artifacts(runs["compare"].info.run_id, "comparison.txt")).read_text()
-    assert [line.split()[0] for line in table.splitlines()[1:]] == ["base", "sft-only", "dpo", "ppo"]
+    assert table.splitlines()[0].split()[:5] == ["metric", "base", "sft-only", "dpo", "ppo"]

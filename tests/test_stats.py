@@ -1,6 +1,8 @@
 """The statistics behind every verdict, on constructed inputs: a planted difference is found, a null
 one is called significant at about the nominal rate, intervals cover, and the gate decides by them."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -120,7 +122,8 @@ def test_gate_decides_by_the_lower_bound_of_the_paired_difference(diffs, toleran
     cfg = PipelineConfig(experiment="t")
     cfg.promote.metrics, cfg.promote.tolerance = list(diffs), tolerance
     result = promote.verdict(cfg, "dpo", _evaluation(**diffs))
-    assert result["passed"] is passed
+    assert result["passed"] is passed and all(type(c["passed"]) is bool for c in result["checks"])  # JSON-native
+    assert json.loads(json.dumps(result)) == result
     assert result["baseline"] == "sft" and result["seeds"] == [42, 43, 44] and "non-inferiority" in result["rule"]
     line = promote.verdict_line(result)
     assert line.startswith("passed" if passed else "failed") and "3 seeds" in line
