@@ -146,8 +146,8 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
 
     `runs`: one {model label: items} per training seed (a model not trained per seed, like the
     base, appears with the same items in each); `comparisons`: (model, baseline) pairs.
-    Returns {"models": {label: {metric: {value, lo, hi, per_seed}}},
-             "comparisons": {"a_vs_b": {metric: {delta, lo, hi, per_seed, direction, verdict}}}}."""
+    Returns {"models": {label: {metric: {value, lo, hi, per_seed, sd}}},
+             "comparisons": {"a_vs_b": {metric: {delta, lo, hi, per_seed, sd, direction, verdict}}}}."""
     resampled, identity = suite.resamples(n_boot, seed), suite.identity()
     labels = list(dict.fromkeys(label for run in runs for label in run))
     boot = {m: [metric_values(run[m], suite, *resampled) for run in runs if m in run] for m in labels}
@@ -162,7 +162,7 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
                 value = float(np.mean(per_seed))
                 bounds = (1.0, 0.0) if k in PROPORTIONS else (None, None)
                 lo, hi = _interval(value, np.mean([b[k] for b in boot[m]], axis=0), per_seed, *bounds)
-                models[m][k] = {"value": value, "lo": lo, "hi": hi, "per_seed": per_seed}
+                models[m][k] = {"value": value, "lo": lo, "hi": hi, "per_seed": per_seed, "sd": _sd(per_seed)}
     diffs: dict[str, dict] = {}
     for a, b in comparisons:
         if a not in boot or b not in boot or (len(boot[a]) != len(boot[b]) and min(len(boot[a]), len(boot[b])) != 1):
@@ -177,9 +177,14 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
             delta = float(np.mean(per_seed))
             boot_delta = np.mean([pick(boot[a], i)[k] - pick(boot[b], i)[k] for i in range(n)], axis=0)
             lo, hi = _interval(delta, boot_delta, per_seed, *((1.0, -1.0) if k in PROPORTIONS else (None, None)))
-            out[k] = {"delta": delta, "lo": lo, "hi": hi, "per_seed": per_seed, "direction": direction,
+            out[k] = {"delta": delta, "lo": lo, "hi": hi, "per_seed": per_seed, "sd": _sd(per_seed), "direction": direction,
                       "verdict": verdict(lo, hi, direction)}
     return {"method": METHOD, "seeds": len(runs), "models": models, "comparisons": diffs}
+
+
+def _sd(values: list[float]) -> float:
+    """Spread across seeds (sample standard deviation; 0 for one seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def non_inferior(diff: dict[str, Any], tolerance: float) -> bool:

@@ -95,7 +95,7 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
                                              for k, v in summary["models"][name].items()}} for name in t}
                        for i, t in enumerate(seed_tables)]
         intervals = {m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()} for m, ks in summary["models"].items()}
-        comparisons = {pair: {k: {**{f: round(v[f], 4) for f in ("delta", "lo", "hi")}, "verdict": v["verdict"],
+        comparisons = {pair: {k: {**{f: round(v[f], 4) for f in ("delta", "lo", "hi", "sd")}, "verdict": v["verdict"],
                                   "direction": v["direction"], "per_seed": [round(x, 4) for x in v["per_seed"]]}
                               for k, v in ks.items()}
                        for pair, ks in summary["comparisons"].items()}
@@ -106,7 +106,8 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
             mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
         mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
         per_category = {name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]} for name, cats in per_category.items()}
-        tracking.log_json({"summary": table, "intervals": intervals, "comparisons": comparisons, "method": stats.METHOD,
+        spread = {m: {k: round(v["sd"], 4) for k, v in ks.items()} for m, ks in summary["models"].items()}
+        tracking.log_json({"summary": table, "intervals": intervals, "seed_sd": spread, "comparisons": comparisons, "method": stats.METHOD,
                            "seeds": seeds, "per_seed": seed_tables, "per_category": per_category,
                            "seen_categories": sorted(seen), "items": runs}, "evaluation.json")
         result = {

@@ -49,7 +49,8 @@ def test_seeds_train_each_seed_and_report_the_group(tmp_path):
     evaluation = json.loads(Path(client.download_artifacts(evaluate.info.run_id, "evaluation.json")).read_text())
     assert evaluation["seeds"] == [42, 43] and len(evaluation["per_seed"]) == 2 and len(evaluation["items"]) == 2
     d = evaluation["comparisons"]["dpo_vs_sft"]["pref_margin"]
-    assert len(d["per_seed"]) == 2 and d["lo"] <= d["delta"] <= d["hi"]
+    assert len(d["per_seed"]) == 2 and d["lo"] <= d["delta"] <= d["hi"] and d["sd"] >= 0
+    assert set(evaluation["seed_sd"]) == {"base", "sft", "dpo"} and evaluation["seed_sd"]["base"]["acc_seen"] == 0
     assert d["delta"] == pytest.approx(sum(d["per_seed"]) / 2, abs=1e-3)
     gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
     assert gate["seeds"] == [42, 43] and "non-inferiority" in gate["rule"]
