@@ -39,8 +39,8 @@ from prefect.context import TaskRunContext
 from alignpipe.config import PREFERENCE_METHODS, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHABLE = ("sft", "dpo", "kto", "orpo", "simpo")
-SEEDED = ("sft", "reward", "preference")  # stages trained once per seed of `seeds`  # stages that can run as a DeepSpeed/accelerate job
+LAUNCHABLE = ("sft", "dpo", "kto", "orpo", "simpo")  # stages that can run as a DeepSpeed/accelerate job
+SEEDED = ("sft", "reward", "preference")  # stages trained once per seed of `seeds`
 # The config sections each stage's result depends on (besides its upstream models and the code).
 SECTIONS = {
     "select": ("model", "select", "data", "seed"),
