@@ -2,7 +2,9 @@
 select -> [self_instruct] -> sft -> [reward] -> preference -> evaluate -> promote (the gate) -> compare.
 
 `preference.method` picks the preference step (dpo, kto, orpo, simpo, ppo, rloo, grpo); ppo,
-rloo and grpo learn against a reward model, so the `reward` stage runs before them.
+rloo and grpo learn against a reward model, so the `reward` stage runs before them. With
+`seeds`, sft, reward and the preference step run once per training seed (a task each), and
+evaluate scores every seed's models together, with intervals over items and seeds.
 
 Each stage is a Prefect task that runs the stage in this process (or, when sft or an offline
 preference method is distributed, as a launched job whose whole process group dies on timeout
