@@ -255,7 +255,7 @@ def _self_instruct(cfg) -> dict:
 
 
 def _report_stage(result: dict) -> None:
-    from stages.evaluate import format_table
+    from alignpipe.compare import format_table
 
     print(f"{result['stage']}: MLflow run {result['run_id']}")
     if result["stage"] == "select":
@@ -271,9 +271,8 @@ def _report_stage(result: dict) -> None:
 
 
 def _report_pipeline(results: dict) -> None:
-    from stages.evaluate import format_table, verdict_lines
-
     from alignpipe import promote, stats
+    from alignpipe.compare import format_table, verdict_lines
 
     if results.get("select"):
         print(f"select: {results['select']['reason']}")

@@ -78,8 +78,6 @@ def _shown(label: str, seeds: int) -> str:
 
 def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None) -> str:
     """Print-ready table; logs it, its sources and a PNG to a new `compare` run."""
-    from stages.evaluate import format_table
-
     from alignpipe.tracking import use_uri
 
     use_uri(tracking_uri)
@@ -106,6 +104,46 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
             plot(shown, png, intervals)
             mlflow.log_artifact(str(png))
     return text
+
+
+def format_table(metrics: dict[str, dict[str, float]], intervals: dict | None = None, comparisons: dict | None = None) -> str:
+    """One row per metric (arrow: which way is better), one column per model (`value [lo, hi]`),
+    then each model's paired difference against the model before it, marked better/tied/worse."""
+    intervals, comparisons = intervals or {}, comparisons or {}
+    extra = ["reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"]
+    keys = [k for k in list(stats.HEADLINE) + extra if any(m.get(k) is not None for m in metrics.values())]
+    names = list(metrics)
+    chain = [f"{a}_vs_{b}" for b, a in zip(names, names[1:]) if f"{a}_vs_{b}" in comparisons]
+    head = ["metric"] + names + [c.replace("_vs_", " vs ") for c in chain]
+    lines = [head]
+    for k in keys:
+        arrow = "↑" if stats.DIRECTIONS.get(k, 1) > 0 else "↓"
+        cells = [f"{k} {arrow}"]
+        for name in names:
+            lo_hi = intervals.get(name, {}).get(k)
+            cells.append(stats.fmt(metrics[name].get(k), *(lo_hi or (None, None))))
+        for c in chain:
+            d = comparisons[c].get(k)
+            cells.append(f"{stats.fmt(d['delta'], d['lo'], d['hi'], signed=True)} {d['verdict']}" if d else "-")
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))).rstrip()
+                     for r in lines)
+
+
+def verdict_lines(comparisons: dict, pairs: list[tuple[str, str]]) -> list[str]:
+    """`dpo vs sft: better on 2 (...), tied on 5 (...), worse on 0 (-)`, by the paired intervals."""
+    out = []
+    for a, b in pairs:
+        diffs = comparisons.get(f"{a}_vs_{b}")
+        if not diffs:
+            continue
+        parts = []
+        for word in ("better", "tied", "worse"):
+            names = [k for k, d in diffs.items() if k in stats.HEADLINE and d["verdict"] == word]
+            parts.append(f"{word} on {len(names)} ({', '.join(names) or '-'})")
+        out.append(f"{a} vs {b}: " + ", ".join(parts))
+    return out
 
 
 def plot(table: dict[str, dict[str, float]], out: Path, intervals: dict[str, dict[str, list[float]]] | None = None) -> Path:

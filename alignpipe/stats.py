@@ -33,6 +33,8 @@ DIRECTIONS = {
     "reward_accuracy": 1,
     "reward_margin": 1,
 }
+# The headline metrics: the comparison table's rows and the verdict lines (no implicit rewards).
+HEADLINE = {k: v for k, v in DIRECTIONS.items() if not k.startswith("reward_")}
 # Proportions: their intervals are clipped to [0, 1] (differences to [-1, 1]).
 PROPORTIONS = ("acc_seen", "acc_heldout", "pref_accuracy", "refusal_rate", "over_refusal", "reward_accuracy")
 # Implicit DPO rewards are measured against the SFT model (its own are 0 by definition): an

@@ -39,7 +39,7 @@ def main() -> int:
     os.environ.setdefault("ALIGNPIPE_CACHE", str(ROOT / ".alignpipe" / "cache"))
 
     from alignpipe.config import PREFERENCE_METHODS, load_config
-    from stages.evaluate import format_table, run_evaluate
+    from stages.evaluate import run_evaluate
     from stages.preference import NEEDS_REWARD, run_preference
     from stages.reward import run_reward
     from stages.select import run_select
@@ -80,7 +80,7 @@ def main() -> int:
 
 def table(metrics: dict, wall: dict, needs_reward) -> str:
     """One row per model: wall time, then every evaluation metric any model has."""
-    from stages.evaluate import HEADLINE
+    from alignpipe.stats import HEADLINE
 
     cols = [c for c in [*HEADLINE, "reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"] if any(c in m for m in metrics.values())]
     head = ["model", "wall_s"] + [f"{c}{'↑' if HEADLINE.get(c, 1) > 0 else '↓'}" for c in cols]

@@ -14,7 +14,8 @@ from alignpipe.config import load_config
 from conftest import ROOT
 from flows.pipeline import run_stage
 from stages.dpo import run_dpo
-from stages.evaluate import HEADLINE, run_evaluate
+from alignpipe.stats import HEADLINE
+from stages.evaluate import run_evaluate
 from stages.select import run_select
 from stages.sft import run_sft
 

@@ -134,3 +134,18 @@ def test_gate_fails_a_metric_that_was_not_measured():
     cfg.promote.metrics = ["pref_accuracy", "rm_win_rate"]
     result = promote.verdict(cfg, "dpo", _evaluation(pref_accuracy=(0.01, 0.05)))
     assert not result["passed"] and result["checks"][1]["why"] == "not measured"
+
+
+def test_table_shows_intervals_and_marks_differences_by_them():
+    from alignpipe.compare import format_table, verdict_lines
+
+    metrics = {"sft": {"acc_seen": 0.30, "heldout_loss": 4.0}, "dpo": {"acc_seen": 0.33, "heldout_loss": 3.9}}
+    intervals = {"sft": {"acc_seen": [0.25, 0.35]}, "dpo": {"acc_seen": [0.28, 0.38]}}
+    comparisons = {"dpo_vs_sft": {"acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
+                                  "heldout_loss": {"delta": -0.1, "lo": -0.3, "hi": 0.1, "direction": -1, "verdict": "tied"}}}
+    lines = format_table(metrics, intervals, comparisons).splitlines()
+    assert lines[0].split() == ["metric", "sft", "dpo", "dpo", "vs", "sft"]
+    assert lines[1].split()[:2] == ["heldout_loss", "↓"] and lines[1].endswith("tied")
+    assert "0.330 [0.280, 0.380]" in lines[2] and lines[2].endswith("+0.030 [+0.010, +0.050] better")
+    assert verdict_lines(comparisons, [("dpo", "sft")]) == [
+        "dpo vs sft: better on 1 (acc_seen), tied on 1 (heldout_loss), worse on 0 (-)"]
