@@ -31,7 +31,7 @@ def verdict(cfg: PipelineConfig, candidate: str, evaluation: dict[str, Any]) -> 
             checks.append({"metric": name, candidate: mine, baseline: theirs, "passed": False, "why": "not measured"})
             continue
         passed = stats.non_inferior(d, p.tolerance)
-        bound = d["lo"] if d["direction"] > 0 else -d["hi"]
+        bound = stats.oriented_lower(d)
         checks.append({"metric": name, candidate: mine, baseline: theirs, "delta": d["delta"], "lo": d["lo"], "hi": d["hi"],
                        "direction": d["direction"], "verdict": d["verdict"], "per_seed": d.get("per_seed"), "passed": passed,
                        "why": f"oriented lower bound {bound:+.4f} {'>=' if passed else '<'} -{p.tolerance}"})

@@ -126,10 +126,10 @@ def verdict(delta_lo: float, delta_hi: float, direction: int) -> str:
     return "better" if lo > 0 else "worse" if hi < 0 else "tied"
 
 
-def _interval(point: float, boot: np.ndarray, per_seed: list[float], bound: float | None = None,
-              low_bound: float | None = None) -> tuple[float, float]:
+def _interval(point: float, boot: np.ndarray, per_seed: list[float],
+              bounds: tuple[float, float] | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval around `point`, widened by the between-seed t interval,
-    clipped to [low_bound, bound] where the metric has bounds."""
+    clipped to `bounds` (low, high) where the metric has them."""
     alpha = (1 - LEVEL) / 2
     q_lo, q_hi = np.quantile(boot, [alpha, 1 - alpha])
     low, high = max(float(point - q_lo), 0.0), max(float(q_hi - point), 0.0)
@@ -137,8 +137,8 @@ def _interval(point: float, boot: np.ndarray, per_seed: list[float], bound: floa
         seed = t975(len(per_seed) - 1) * float(np.std(per_seed, ddof=1)) / math.sqrt(len(per_seed))
         low, high = math.hypot(low, seed), math.hypot(high, seed)
     lo, hi = float(point - low), float(point + high)
-    if bound is not None:
-        lo, hi = max(lo, low_bound), min(hi, bound)
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return lo, hi
 
 
@@ -162,8 +162,8 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
             if all(k in p for p in point[m]):
                 per_seed = [p[k] for p in point[m]]
                 value = float(np.mean(per_seed))
-                bounds = (1.0, 0.0) if k in PROPORTIONS else (None, None)
-                lo, hi = _interval(value, np.mean([b[k] for b in boot[m]], axis=0), per_seed, *bounds)
+                bounds = (0.0, 1.0) if k in PROPORTIONS else None
+                lo, hi = _interval(value, np.mean([b[k] for b in boot[m]], axis=0), per_seed, bounds)
                 models[m][k] = {"value": value, "lo": lo, "hi": hi, "per_seed": per_seed, "sd": _sd(per_seed)}
     diffs: dict[str, dict] = {}
     for a, b in comparisons:
@@ -178,7 +178,7 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
             per_seed = [pick(point[a], i)[k] - pick(point[b], i)[k] for i in range(n)]
             delta = float(np.mean(per_seed))
             boot_delta = np.mean([pick(boot[a], i)[k] - pick(boot[b], i)[k] for i in range(n)], axis=0)
-            lo, hi = _interval(delta, boot_delta, per_seed, *((1.0, -1.0) if k in PROPORTIONS else (None, None)))
+            lo, hi = _interval(delta, boot_delta, per_seed, (-1.0, 1.0) if k in PROPORTIONS else None)
             out[k] = {"delta": delta, "lo": lo, "hi": hi, "per_seed": per_seed, "sd": _sd(per_seed), "direction": direction,
                       "verdict": verdict(lo, hi, direction)}
     return {"method": METHOD, "seeds": len(runs), "models": models, "comparisons": diffs}
@@ -189,11 +189,14 @@ def _sd(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def oriented_lower(diff: dict[str, Any]) -> float:
+    """The lower bound of a paired difference, oriented so that positive is better."""
+    return diff["lo"] if diff["direction"] > 0 else -diff["hi"]
+
+
 def non_inferior(diff: dict[str, Any], tolerance: float) -> bool:
-    """The gate's rule for one metric: the lower bound of the paired difference, oriented so
-    that positive is better, is at least -tolerance."""
-    lo = diff["lo"] if diff["direction"] > 0 else -diff["hi"]
-    return bool(lo >= -tolerance)
+    """The gate's rule for one metric: the oriented lower bound is at least -tolerance."""
+    return bool(oriented_lower(diff) >= -tolerance)
 
 
 def fmt(value: float | None, lo: float | None = None, hi: float | None = None, signed: bool = False) -> str:

@@ -71,13 +71,13 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
         generated = None
         if cfg.self_instruct.enabled:  # Self-Instruct rows join the SFT mixture
             generated = _stage("self_instruct", cfg, {"generator": cfg.self_instruct.generator or base})["data_path"]
+        from stages.preference import NEEDS_REWARD
+
         sfts, rewards, prefs = [], [], []
         for seed_cfg in per_seed(cfg):  # one sft (and preference) model per training seed
             sft = _stage("sft", seed_cfg, {"base": base, "generated": generated})
             sfts.append(sft)
             if preference:
-                from stages.preference import NEEDS_REWARD
-
                 reward = None
                 if cfg.preference.method in NEEDS_REWARD:
                     reward = _stage("reward", seed_cfg, {"sft": cfg.reward.model_path or sft["model_path"], "template": sft["template"]})

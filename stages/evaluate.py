@@ -34,7 +34,6 @@ from alignpipe import checks, data, models, scoring, stats, templates, tracking
 from alignpipe.config import PipelineConfig
 
 
-
 def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], template: str | None = None,
                  reward_model: str | list[str] | None = None) -> dict:
     """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite;
