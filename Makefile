@@ -1,11 +1,12 @@
-# The two commands: `make demo` (the whole pipeline on the tiny default) and `make test`.
+# The two commands: `make demo` (the whole pipeline on the tiny default) and `make test` (lint, then
+# every test). `make test-fast` is the minutes-long loop while working; `make lint` the style check alone.
 # Both create or refresh .venv themselves; they are quick when it is up to date.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean-state
+.PHONY: demo test test-fast lint venv clean-state
 
 venv: $(STAMP)
 
@@ -20,7 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/alignpipe run configs/tiny.yaml
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Config, data, registry, layering, statistics and bad input, all in process: under 2 minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m fast tests
+
+test: lint
 	$(BIN)/python -m pytest tests
 
 clean-state:

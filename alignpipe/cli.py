@@ -12,69 +12,123 @@ import sys
 import time
 from pathlib import Path
 
-from alignpipe.config import PREFERENCE_METHODS
+from alignpipe.core.files import state_home
+from alignpipe.core.registry import PREFERENCE_METHODS, STAGES
 
-STAGES = ("select", "self_instruct", "sft", "reward", *PREFERENCE_METHODS, "preference", "evaluate")
+STAGE_NAMES = (*STAGES, *PREFERENCE_METHODS)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignpipe", description="Base model -> SFT -> DPO -> evaluation, on TRL and MLflow.")
+    p = argparse.ArgumentParser(
+        prog="alignpipe", description="Base model -> SFT -> DPO -> evaluation, on TRL and MLflow."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
         sp.add_argument("config", help="YAML recipe, e.g. configs/tiny.yaml")
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set sft.max_steps=5 (repeatable)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set sft.max_steps=5 (repeatable)",
+        )
         return sp
 
-    with_config(sub.add_parser("validate", help="check the config and every data file; train nothing",
-                               description="Check the config and every data file without training. Exit 0 if all is well, "
-                                           "else 1 with one line per problem."))
-    st = sub.add_parser("stage", help="run one stage", description="Run one stage. Upstream results come from the config "
-                        "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.")
-    st.add_argument("name", choices=STAGES, help="a preference method's name (dpo, ppo, ...) runs that method; "
-                    "`preference` runs the config's preference.method")
+    with_config(
+        sub.add_parser(
+            "validate",
+            help="check the config and every data file; train nothing",
+            description="Check the config and every data file without training. Exit 0 if all is well, "
+            "else 1 with one line per problem.",
+        )
+    )
+    st = sub.add_parser(
+        "stage",
+        help="run one stage",
+        description="Run one stage. Upstream results come from the config "
+        "(sft.model_path, preference.model_path) or from earlier runs of this experiment; missing ones are run first.",
+    )
+    st.add_argument(
+        "name",
+        choices=STAGE_NAMES,
+        help="a preference method's name (dpo, ppo, ...) runs that method; "
+        "`preference` runs the config's preference.method",
+    )
     with_config(st)
-    st.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: where rank 0 of a launched job writes the result
-    run = with_config(sub.add_parser("run", help="run the Prefect flow `pipeline`: select -> sft -> [reward] -> dpo|ppo|... -> evaluate -> gate",
-                                     description="Run the whole pipeline as the Prefect flow `pipeline` (a local temporary Prefect "
-                                                 "server unless PREFECT_API_URL is set), then print the comparison table. "
-                                                 "Stages whose inputs are unchanged are reused, not re-run."))
+    st.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an upstream input, e.g. --input base=PATH (sft), --input sft=PATH (reward, dpo, ...); "
+        "default: from the config, else from this experiment's earlier results",
+    )
+    st.add_argument(
+        "--result-json", help=argparse.SUPPRESS
+    )  # internal: where rank 0 of a launched job writes the result
+    run = with_config(
+        sub.add_parser(
+            "run",
+            help="run the Prefect flow `pipeline`: select -> sft -> [reward] -> dpo|ppo|... -> evaluate -> gate",
+            description="Run the whole pipeline as the Prefect flow `pipeline` (a local temporary Prefect "
+            "server unless PREFECT_API_URL is set), then print the comparison table. "
+            "Stages whose inputs are unchanged are reused, not re-run.",
+        )
+    )
     run.add_argument("--sft-only", action="store_true", help="select -> sft -> evaluate (no preference stage)")
-    run.add_argument("--seeds", type=int, metavar="N", help="train sft and the preference stage with N seeds (seed, seed+1, ...) "
-                     "and report means with intervals over items and seeds; same as --set seeds=[...]")
-    cmp = sub.add_parser("compare", help="base / SFT-only / DPO table from MLflow, plot logged",
-                         description="One table of the newest evaluation of each model (base, SFT-only, DPO, ...) on the same "
-                                     "suite, read from MLflow; the table and a PNG plot are logged to a `compare` run.")
+    run.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="train sft and the preference stage with N seeds (seed, seed+1, ...) "
+        "and report means with intervals over items and seeds; same as --set seeds=[...]",
+    )
+    cmp = sub.add_parser(
+        "compare",
+        help="base / SFT-only / DPO table from MLflow, plot logged",
+        description="One table of the newest evaluation of each model (base, SFT-only, DPO, ...) on the same "
+        "suite, read from MLflow; the table and a PNG plot are logged to a `compare` run.",
+    )
     cmp.add_argument("config", nargs="?", help="recipe whose experiment and tracking URI to use")
     cmp.add_argument("--experiment", help="MLflow experiment (default: the recipe's, else 'tiny')")
-    for name, text in (("up", "start Prefect + MLflow servers and serve the deployments (127.0.0.1)"),
-                       ("down", "stop what `up` started"), ("status", "tell what is running")):
+    for name, text in (
+        ("up", "start Prefect + MLflow servers and serve the deployments (127.0.0.1)"),
+        ("down", "stop what `up` started"),
+        ("status", "tell what is running"),
+    ):
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--home", help="state dir (default: $ALIGNPIPE_HOME or ./.alignpipe)")
         if name == "up":
             sp.add_argument("--prefect-port", type=int, default=4200)
             sp.add_argument("--mlflow-port", type=int, default=5000)
             sp.add_argument("--config", default="configs/tiny.yaml", help="the deployments' default recipe")
-            sp.add_argument("--retrain-cron", help='schedule `pipeline/full` on this cron, e.g. "0 3 * * 0" (default: off, '
-                                                   'or the recipe\'s orchestration.retrain_cron)')
+            sp.add_argument(
+                "--retrain-cron",
+                help='schedule `pipeline/full` on this cron, e.g. "0 3 * * 0" (default: off, '
+                "or the recipe's orchestration.retrain_cron)",
+            )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from alignpipe import launch
-    from alignpipe.config import ConfigError
-    from alignpipe.data import DataError
-    from alignpipe.models import ModelSourceError
-    from alignpipe.training import IntegrityError
+    if args.command in ("up", "down", "status"):
+        return _servers(args)
+    # The rest of the package is imported here, not at the top: `up`, `down` and `status` need
+    # none of it (torch, transformers, prefect and mlflow take seconds to import).
+    from alignpipe.core.errors import ConfigError
+    from alignpipe.data.read import DataError
+    from alignpipe.data.validate import load_and_validate
+    from alignpipe.training import launch
+    from alignpipe.training.integrity import IntegrityError
+    from alignpipe.training.models import ModelSourceError
 
     if launch.in_rank():
         _prefix_output(f"[rank {launch.rank()}] ")
-
-    if args.command in ("up", "down", "status"):
-        return _servers(args)
     _prefect_defaults()
     try:
         if args.command == "compare":
@@ -87,18 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         started = time.time()
         if args.command == "stage":
-            from flows.pipeline import run_stage
+            result = _stage(cfg, args.name, args.inputs)
+            if args.result_json and launch.rank() == 0:
+                from alignpipe.core.files import write_json
 
-            result = _self_instruct(cfg) if args.name == "self_instruct" else run_stage(cfg, args.name)
-            if args.result_json:
-                from alignpipe.tracking import write_result
-
-                write_result(Path(args.result_json), result)  # rank 0 only
+                write_json(Path(args.result_json), result.to_dict())
             if launch.rank() != 0:
                 return 0
             _report_stage(result)
         else:
-            from flows.pipeline import pipeline
+            from alignpipe.flows.pipeline import pipeline
 
             result = pipeline(config=args.config, overrides=args.overrides, preference=not args.sft_only)
             _report_pipeline(result)
@@ -113,14 +165,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "run":
             raise
         # the flow already logged the traceback; finished stages stay cached, a half-trained one resumes
-        print(f"error: the pipeline failed: {type(e).__name__}: {e}\n"
-              f"error: finished stages are kept and reused; run the same command again to resume", file=sys.stderr)
+        print(
+            f"error: the pipeline failed: {type(e).__name__}: {e}\n"
+            f"error: finished stages are kept and reused; run the same command again to resume",
+            file=sys.stderr,
+        )
     return 1
+
+
+def _stage(cfg, name: str, given: list[str]):
+    """One stage through the one runner, its inputs from --input, the config or earlier results."""
+    from alignpipe.core.errors import ConfigError
+    from alignpipe.flows.runner import for_method, resolve_inputs, run_stage
+
+    inputs = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError([f"--input {item!r}: expected key=value, e.g. --input base=/path/to/model"])
+        inputs[key.strip()] = value
+    cfg = for_method(cfg, name)
+    return run_stage(cfg, name, resolve_inputs(cfg, name, inputs))
 
 
 def _seeds_override(config: str, overrides: list[str], n: int) -> str:
     """`--seeds N` as `seeds=[seed, seed+1, ...]`, from the recipe's `seed`."""
-    from alignpipe.config import ConfigError, load_config
+    from alignpipe.core.errors import ConfigError
+    from alignpipe.core.recipe import load_config
 
     if n < 1:
         raise ConfigError([f"--seeds: must be >= 1, got {n}"])
@@ -130,7 +201,7 @@ def _seeds_override(config: str, overrides: list[str], n: int) -> str:
 
 def _prefect_defaults() -> None:
     """Prefect state under the project's state dir, and a patient temporary server."""
-    home = Path(os.environ.get("ALIGNPIPE_HOME") or ".alignpipe").resolve()
+    home = state_home()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -140,7 +211,7 @@ def _prefect_defaults() -> None:
 def _servers(args) -> int:
     from alignpipe import servers
 
-    home = servers.home_dir(args.home)
+    home = state_home(args.home)
     if args.command == "up":
         try:
             u = servers.up(home, args.prefect_port, args.mlflow_port, args.config, args.retrain_cron)
@@ -148,9 +219,11 @@ def _servers(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"Prefect UI: {u['prefect']}\nMLflow UI:  {u['mlflow']}\nstate:      {home}")
-        print(f"deployments pipeline/full and pipeline/sft-only are served. In this shell run:\n"
-              f"  export PREFECT_API_URL={u['PREFECT_API_URL']} MLFLOW_TRACKING_URI={u['mlflow']}\n"
-              f"  prefect deployment run pipeline/full --watch")
+        print(
+            f"deployments pipeline/full and pipeline/sft-only are served. In this shell run:\n"
+            f"  export PREFECT_API_URL={u['PREFECT_API_URL']} MLFLOW_TRACKING_URI={u['mlflow']}\n"
+            f"  prefect deployment run pipeline/full --watch"
+        )
         return 0
     if args.command == "down":
         stopped = servers.down(home)
@@ -164,8 +237,9 @@ def _servers(args) -> int:
 
 
 def _compare(args) -> int:
-    from alignpipe import compare
-    from alignpipe.config import PipelineConfig, load_config
+    from alignpipe.core.config import PipelineConfig
+    from alignpipe.core.recipe import load_config
+    from alignpipe.evaluation import compare
 
     cfg = load_config(args.config) if args.config else PipelineConfig(experiment="tiny")
     experiment = args.experiment or cfg.experiment
@@ -193,104 +267,56 @@ def _prefix_output(prefix: str) -> None:
     sys.stdout, sys.stderr = Prefixed(sys.stdout), Prefixed(sys.stderr)
 
 
-def load_and_validate(path: str, overrides: list[str]):
-    """The config and every data file it names, checked together; ConfigError lists all problems.
+def _report_stage(result) -> None:
+    from alignpipe.evaluation.compare import format_table
 
-    Prints, per source, its detected format and rows read/kept/dropped by reason, then per
-    training stage the rows left after dedup and decontamination."""
-    from alignpipe import data
-    from alignpipe.config import ConfigError, load_config
-
-    cfg = load_config(path, overrides)
-    problems = []
-    entries = [("sft", cfg.data.sft), ("preference", cfg.data.preference), ("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)]
-    if cfg.data.safety.path:
-        entries.append(("sft", cfg.data.safety))
-    if cfg.self_instruct.seed_tasks:
-        entries.append(("sft", cfg.self_instruct.seed_tasks))
-    for kind, entry in entries:
-        for src in data.sources(entry) if not isinstance(entry, str) else [entry]:
-            try:
-                _, report = data.load_source(kind, src, on_bad_rows="skip")
-            except data.DataError as e:
-                problems.append(str(e))
-                continue
-            print(report.line())
-            if cfg.data.on_bad_rows == "fail":
-                problems.extend(report.problems[:20])
-    if problems:
-        raise ConfigError(problems)
-    try:
-        evals = data.eval_sets(cfg)
-        for kind in ("sft", "preference"):
-            rows, report = data.stage_rows(cfg, kind, evals=evals)
-            print(_stage_summary(kind, rows, report))
-    except data.DataError as e:
-        raise ConfigError([str(e)]) from None
-    return cfg
-
-
-def _stage_summary(kind: str, rows: list, report: dict) -> str:
-    dc = report.get("decontamination")
-    parts = [f"{len(rows)} training rows"]
-    if "safety_rows" in report:
-        parts.append(f"{report['safety_rows']} refusal rows mixed in")
-    if "duplicates_dropped" in report:
-        parts.append(f"{report['duplicates_dropped']} duplicates dropped")
-    if dc:
-        parts.append(f"{dc['exact'] + dc['ngram_only']} contaminated ({dc['exact']} exact, {dc['ngram_only']} {dc['ngram']}-gram) "
-                     f"against {len(dc['eval_sets'])} eval set(s), {dc['removed']} removed")
-    return f"{kind}: " + "; ".join(parts)
-
-
-def _self_instruct(cfg) -> dict:
-    """The Self-Instruct stage; its generator defaults to the selected base model."""
-    from flows.pipeline import previous_result, run_stage
-    from stages.self_instruct import run_self_instruct
-
-    generator = cfg.self_instruct.generator or cfg.sft.model_path
-    if not generator:
-        generator = (previous_result(cfg, "select") or run_stage(cfg, "select"))["model_path"]
-    return run_self_instruct(cfg, generator)
-
-
-def _report_stage(result: dict) -> None:
-    from alignpipe.compare import format_table
-
-    print(f"{result['stage']}: MLflow run {result['run_id']}")
-    if result["stage"] == "select":
-        print(f"selected {result['reason']}")
-    elif result["stage"] == "evaluate":
-        print(format_table(result["metrics"], result.get("intervals"), result.get("comparisons")))
-    elif result["stage"] == "self_instruct":
-        print(f"data: {result['data_path']}")
-        print("  ".join(f"{k}={v}" for k, v in result["metrics"].items()))
+    print(f"{result.stage}: MLflow run {result.run_id}")
+    if result.stage == "select":
+        print(f"selected {result.details['reason']}")
+    elif result.stage == "evaluate":
+        print(format_table(result.metrics, result.details.get("intervals"), result.details.get("comparisons")))
+    elif result.stage == "self_instruct":
+        print(f"data: {result.data_path}")
+        print("  ".join(f"{k}={v}" for k, v in result.metrics.items()))
     else:
-        print(f"model: {result['model_path']}")
-        print("  ".join(f"{k}={v:.4g}" for k, v in sorted(result["metrics"].items())))
+        print(f"model: {result.model_path}")
+        print("  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
 
 
 def _report_pipeline(results: dict) -> None:
-    from alignpipe import promote, stats
-    from alignpipe.compare import format_table, verdict_lines
+    from alignpipe.evaluation import promote, stats
+    from alignpipe.evaluation.compare import format_table, verdict_lines
 
     if results.get("select"):
-        print(f"select: {results['select']['reason']}")
+        print(f"select: {results['select'].details['reason']}")
     evaluation = results["evaluate"]
-    seeds = evaluation.get("seeds") or []
+    intervals, comparisons = evaluation.details.get("intervals"), evaluation.details.get("comparisons", {})
+    seeds = evaluation.details.get("seeds") or []
     print(f"\nEvaluation on the frozen suite (held-out prompts and pairs), this run, {len(seeds)} seed(s) {seeds}:")
-    print(f"(value [95% interval]; differences are paired, marked better/worse when the interval excludes 0: {stats.METHOD})")
-    print(format_table(evaluation["metrics"], evaluation.get("intervals"), evaluation.get("comparisons")))
-    final = results["final"]["stage"]
+    print(
+        "(value [95% interval]; differences are paired, marked better/worse when the interval excludes 0: "
+        f"{stats.METHOD})"
+    )
+    print(format_table(evaluation.metrics, intervals, comparisons))
+    final = results["final"].stage
     if results.get("reward"):
-        print(f"reward model: held-out pair accuracy {results['reward']['metrics'].get('eval_accuracy', float('nan')):.3f}")
-    for line in verdict_lines(evaluation.get("comparisons", {}), [("sft", "base"), (final, "sft")]):
+        print(
+            f"reward model: held-out pair accuracy {results['reward'].metrics.get('eval_accuracy', float('nan')):.3f}"
+        )
+    for line in verdict_lines(comparisons, [("sft", "base"), (final, "sft")]):
         print(line)
     gate = results["gate"]
     if gate.get("passed") is not None:
         reg = gate.get("registered") or {}
-        print(f"gate: {promote.verdict_line(gate)}"
-              + (f"; registered {reg['name']} v{reg['version']}" + (f", alias {reg['alias']}" if reg.get("alias") else "") if reg else ""))
+        print(
+            f"gate: {promote.verdict_line(gate)}"
+            + (
+                f"; registered {reg['name']} v{reg['version']}"
+                + (f", alias {reg['alias']}" if reg.get("alias") else "")
+                if reg
+                else ""
+            )
+        )
     print("\nComparison from MLflow (alignpipe compare):")
     print(results["comparison"])
 

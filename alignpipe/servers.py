@@ -24,17 +24,22 @@ class ServerError(RuntimeError):
     pass
 
 
-def home_dir(home: str | None = None) -> Path:
-    return Path(home or os.environ.get("ALIGNPIPE_HOME") or ".alignpipe").resolve()
-
-
 def urls(prefect_port: int, mlflow_port: int) -> dict[str, str]:
-    return {"prefect": f"http://127.0.0.1:{prefect_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}",
-            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
+    return {
+        "prefect": f"http://127.0.0.1:{prefect_port}",
+        "mlflow": f"http://127.0.0.1:{mlflow_port}",
+        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+    }
 
 
-def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, config: str = "configs/tiny.yaml",
-       retrain_cron: str | None = None, timeout: float = 180) -> dict[str, str]:
+def up(
+    home: Path,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    config: str = "configs/tiny.yaml",
+    retrain_cron: str | None = None,
+    timeout: float = 180,
+) -> dict[str, str]:
     """Start what is not running yet; return the URLs. ServerError names what failed and its log."""
     running = status(home)
     if all(running[name]["alive"] for name in ORDER):
@@ -49,20 +54,53 @@ def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, config: st
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     u = urls(prefect_port, mlflow_port)
     bin_dir = Path(sys.executable).parent
-    base_env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "ALIGNPIPE_HOME": str(home),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    _start(home, "prefect", [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], base_env)
-    _start(home, "mlflow", [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                            "--artifacts-destination", str(home / "mlartifacts"), "--host", "127.0.0.1",
-                            "--port", str(mlflow_port), "--workers", "1"], base_env)
+    base_env = {
+        **os.environ,
+        "PREFECT_HOME": str(home / "prefect"),
+        "ALIGNPIPE_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    _start(
+        home,
+        "prefect",
+        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+        base_env,
+    )
+    _start(
+        home,
+        "mlflow",
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        base_env,
+    )
     deadline = time.monotonic() + timeout
     _wait(home, "prefect", f"{u['PREFECT_API_URL']}/health", deadline)
     _wait(home, "mlflow", f"{u['mlflow']}/health", deadline)
-    serve_env = {**base_env, "PREFECT_API_URL": u["PREFECT_API_URL"], "MLFLOW_TRACKING_URI": u["mlflow"],
-                 "PREFECT_RUNNER_POLL_FREQUENCY": "2", "ALIGNPIPE_SERVE_CONFIG": config, "PYTHONUNBUFFERED": "1"}
+    serve_env = {
+        **base_env,
+        "PREFECT_API_URL": u["PREFECT_API_URL"],
+        "MLFLOW_TRACKING_URI": u["mlflow"],
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "ALIGNPIPE_SERVE_CONFIG": config,
+        "PYTHONUNBUFFERED": "1",
+    }
     if retrain_cron:
         serve_env["ALIGNPIPE_RETRAIN_CRON"] = retrain_cron
-    _start(home, "serve", [sys.executable, "-m", "flows.serve"], serve_env)
+    _start(home, "serve", [sys.executable, "-m", "alignpipe.flows.serve"], serve_env)
     _wait(home, "serve", f"{u['PREFECT_API_URL']}/deployments/name/pipeline/full", deadline)
     (home / "servers.json").write_text(json.dumps(u, indent=2))
     return u
@@ -91,7 +129,12 @@ def status(home: Path) -> dict[str, dict]:
     for name in ORDER:
         pid_file = home / "pids" / f"{name}.pid"
         pid = int(pid_file.read_text()) if pid_file.is_file() else None
-        out[name] = {"pid": pid, "alive": bool(pid and _alive(pid)), "url": u.get(name), "log": str(home / "logs" / f"{name}.log")}
+        out[name] = {
+            "pid": pid,
+            "alive": bool(pid and _alive(pid)),
+            "url": u.get(name),
+            "log": str(home / "logs" / f"{name}.log"),
+        }
     return out
 
 
@@ -99,8 +142,15 @@ def _start(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
     (home / "logs").mkdir(exist_ok=True)
     (home / "pids").mkdir(exist_ok=True)
     log = open(home / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=os.getcwd())
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=os.getcwd(),
+    )
     (home / "pids" / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 

@@ -38,18 +38,22 @@ def main() -> int:
     os.environ["ALIGNPIPE_HOME"] = args.state_dir or tempfile.mkdtemp(prefix="dpo_vs_ppo-")
     os.environ.setdefault("ALIGNPIPE_CACHE", str(ROOT / ".alignpipe" / "cache"))
 
-    from alignpipe.config import PREFERENCE_METHODS, load_config
-    from stages.evaluate import run_evaluate
-    from stages.preference import NEEDS_REWARD, run_preference
-    from stages.reward import run_reward
-    from stages.select import run_select
-    from stages.sft import run_sft
+    from alignpipe.core.recipe import load_config
+    from alignpipe.core.registry import NEEDS_REWARD, PREFERENCE_METHODS
+    from alignpipe.flows.runner import run_stage
+    from alignpipe.stages.evaluate import run_evaluate
+    from alignpipe.stages.reward import run_reward
+    from alignpipe.stages.select import run_select
+    from alignpipe.stages.sft import run_sft
 
     methods = list(PREFERENCE_METHODS) if args.methods == "all" else args.methods.split(",")
     cfg = load_config(args.config, args.overrides)  # every problem reported before any compute
     configs = {m: load_config(args.config, [*args.overrides, f"preference.method={m}"]) for m in methods}
-    print(f"state dir {cfg.state_path}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"state dir {cfg.state_path}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     wall: dict[str, float] = {}
 
@@ -61,17 +65,23 @@ def main() -> int:
         return result
 
     selected = timed("select", run_select, cfg)
-    sft = timed("sft", run_sft, cfg, selected["model_path"])
-    reward = timed("reward", run_reward, cfg, sft["model_path"], sft["template"]) if set(methods) & set(NEEDS_REWARD) else None
-    paths = {"sft": sft["model_path"]}
+    sft = timed("sft", run_sft, cfg, selected.model_path)
+    reward = (
+        timed("reward", run_reward, cfg, sft.model_path, sft.template) if set(methods) & set(NEEDS_REWARD) else None
+    )
+    paths = {"sft": sft.model_path}
     for m in methods:
-        rm = reward["model_path"] if reward and m in NEEDS_REWARD else None
-        paths[m] = timed(m, run_preference, configs[m], sft["model_path"], sft["template"], rm)["model_path"]
-    evaluation = timed("evaluate", run_evaluate, cfg, paths, sft["template"], reward and reward["model_path"])
+        rm = reward.model_path if reward and m in NEEDS_REWARD else None
+        paths[m] = timed(
+            m, run_stage, configs[m], "preference", {"sft": sft.model_path, "template": sft.template, "reward": rm}
+        ).model_path
+    evaluation = timed("evaluate", run_evaluate, cfg, paths, sft.template, reward and reward.model_path)
 
-    print("\nPreference methods on the frozen suite (wall_s: the stage alone; the methods marked * "
-          f"also need the reward stage, {wall.get('reward', '-')} s, shared):")
-    print(table(evaluation["metrics"], wall, NEEDS_REWARD))
+    print(
+        "\nPreference methods on the frozen suite (wall_s: the stage alone; the methods marked * "
+        f"also need the reward stage, {wall.get('reward', '-')} s, shared):"
+    )
+    print(table(evaluation.metrics, wall, NEEDS_REWARD))
     if reward:
         print(f"reward model held-out pair accuracy: {reward['metrics'].get('eval_accuracy', float('nan')):.3f}")
     print("wall times (s): " + ", ".join(f"{k}={v}" for k, v in wall.items()))
@@ -80,14 +90,23 @@ def main() -> int:
 
 def table(metrics: dict, wall: dict, needs_reward) -> str:
     """One row per model: wall time, then every evaluation metric any model has."""
-    from alignpipe.stats import HEADLINE
+    from alignpipe.evaluation.stats import HEADLINE
 
-    cols = [c for c in [*HEADLINE, "reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"] if any(c in m for m in metrics.values())]
+    cols = [
+        c
+        for c in [*HEADLINE, "reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"]
+        if any(c in m for m in metrics.values())
+    ]
     head = ["model", "wall_s"] + [f"{c}{'↑' if HEADLINE.get(c, 1) > 0 else '↓'}" for c in cols]
-    rows = [head] + [[name + ("*" if name in needs_reward else ""), f"{wall.get(name, 0):.0f}"] +
-                     ["-" if m.get(c) is None else f"{m[c]:.3f}" for c in cols] for name, m in metrics.items()]
+    rows = [head] + [
+        [name + ("*" if name in needs_reward else ""), f"{wall.get(name, 0):.0f}"]
+        + ["-" if m.get(c) is None else f"{m[c]:.3f}" for c in cols]
+        for name, m in metrics.items()
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join(
+        "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )
 
 
 if __name__ == "__main__":

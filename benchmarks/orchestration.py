@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 def bare(cfg) -> None:
     """select -> sft -> dpo -> evaluate, the stage functions called directly (no Prefect)."""
-    from stages.dpo import run_dpo
-    from stages.evaluate import run_evaluate
-    from stages.select import run_select
-    from stages.sft import run_sft
+    from alignpipe.stages.evaluate import run_evaluate
+    from alignpipe.stages.offline import run_offline
+    from alignpipe.stages.select import run_select
+    from alignpipe.stages.sft import run_sft
 
-    base = run_select(cfg)["model_path"]
+    base = run_select(cfg).model_path
     sft = run_sft(cfg, base)
-    dpo = run_dpo(cfg, sft["model_path"], sft["template"])
-    run_evaluate(cfg, {"base": base, "sft": sft["model_path"], "dpo": dpo["model_path"]}, sft["template"])
+    dpo = run_offline(cfg, sft.model_path, sft.template)
+    run_evaluate(cfg, {"base": base, "sft": sft.model_path, "dpo": dpo.model_path}, sft.template)
 
 
 def main() -> None:
@@ -46,8 +46,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
-    from alignpipe import models
-    from alignpipe.config import load_config
+    from alignpipe.core.recipe import load_config
+    from alignpipe.training import models
 
     for cand in load_config(args.config, args.overrides).model.candidates:  # build outside the timings
         models.resolve(cand, load_config(args.config, args.overrides))
@@ -59,7 +59,7 @@ def main() -> None:
         client.api_healthcheck()
     startup = time.perf_counter() - t
 
-    from flows.pipeline import pipeline
+    from alignpipe.flows.pipeline import pipeline
 
     timings = {}
     t = time.perf_counter()

@@ -44,8 +44,19 @@ RECIPE = REPO / "configs/tiny.yaml"
 BATCH = 8
 # Fields this benchmark sets itself; every other field of the recipe's `sft` section is kept.
 OVERRIDDEN = {
-    "max_steps", "per_device_train_batch_size", "max_length", "packing", "padding_free", "logging_steps",
-    "save_steps", "save_strategy", "eval_strategy", "bf16", "fp16", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "max_length",
+    "packing",
+    "padding_free",
+    "logging_steps",
+    "save_steps",
+    "save_strategy",
+    "eval_strategy",
+    "bf16",
+    "fp16",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
 }
 
 
@@ -63,13 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def stage_dataset(rows: list[dict], template: str):
     """The SFT stage's own prompt/completion rows (stages.sft._dataset), or the same built here."""
     try:
-        from stages.sft import _dataset
+        from alignpipe.stages.sft import _dataset
 
         return _dataset(rows, template)
     except ImportError:
         from datasets import Dataset
 
-        from alignpipe import templates
+        from alignpipe.data import templates
 
         return Dataset.from_list(
             [
@@ -113,7 +124,8 @@ def count_batches(trainer, steps: int) -> tuple[int, int]:
 
 
 def run_variant(name: str, extra: dict, *, source: str, cfg, tok, dataset, steps: int, max_length: int) -> dict:
-    from alignpipe import models, trl_api
+    from alignpipe.core import trl_api
+    from alignpipe.training import models
 
     user = {k: v for k, v in cfg.sft.trl.items() if k not in OVERRIDDEN}
     ours = {
@@ -141,7 +153,7 @@ def run_variant(name: str, extra: dict, *, source: str, cfg, tok, dataset, steps
             if not (extra.get("padding_free") and not extra.get("packing") and ours["max_length"] is not None):
                 return {"name": name, "error": _first_line(e)}
             # TRL: "padding_free=True without packing needs max_length=None"; retry exactly that way.
-            note = f"max_length={max_length} rejected by TRL ({_first_line(e)}); ran with max_length=None (rows not truncated)"
+            note = f"max_length={max_length} rejected by TRL ({_first_line(e)}); ran with max_length=None (rows not truncated)"  # noqa: E501
             ours["max_length"] = None
             try:
                 args = trl_api.make_config("sft", out, user, ours=ours)
@@ -179,7 +191,17 @@ def _first_line(e: Exception) -> str:
 
 
 def print_table(results: list[dict]) -> None:
-    head = ["variant", "steps", "seconds", "real tokens/s", "non-pad fraction", "train loss", "real tokens", "TRL num_tokens", "cpu s"]
+    head = [
+        "variant",
+        "steps",
+        "seconds",
+        "real tokens/s",
+        "non-pad fraction",
+        "train loss",
+        "real tokens",
+        "TRL num_tokens",
+        "cpu s",
+    ]
     lines = []
     for r in results:
         if "error" in r:
@@ -213,7 +235,9 @@ def print_table(results: list[dict]) -> None:
         elif r.get("note"):
             print(f"  {r['name']}: {r['note']}")
         if "error" not in r and r["trl_tokens"] is not None and r["trl_tokens"] != r["real_tokens"]:
-            print(f"  {r['name']}: note: dataloader count ({r['real_tokens']:,}) differs from TRL's num_tokens ({r['trl_tokens']:,})")
+            print(
+                f"  {r['name']}: note: dataloader count ({r['real_tokens']:,}) differs from TRL's num_tokens ({r['trl_tokens']:,})"  # noqa: E501
+            )
     by = {r["name"]: r for r in results if "error" not in r}
     if "padded" in by and "packed" in by:
         pad_tps = by["padded"]["real_tokens"] / by["padded"]["seconds"]
@@ -248,8 +272,9 @@ def main(argv=None) -> int:
 
     disable_progress_bar()
 
-    from alignpipe import data, models
-    from alignpipe.config import load_config
+    from alignpipe import data
+    from alignpipe.core.recipe import load_config
+    from alignpipe.training import models
 
     cfg = load_config(RECIPE)
     candidate = cfg.model.candidates[0]
@@ -275,8 +300,12 @@ def main(argv=None) -> int:
     results = []
     for name, extra in variants:
         t = time.perf_counter()
-        r = run_variant(name, extra, source=source, cfg=cfg, tok=tok, dataset=dataset, steps=a.steps, max_length=a.max_length)
-        status = r.get("error") or f"train {r['seconds']:.1f}s; {r['train_rows']} train sequences after TRL's preparation"
+        r = run_variant(
+            name, extra, source=source, cfg=cfg, tok=tok, dataset=dataset, steps=a.steps, max_length=a.max_length
+        )
+        status = (
+            r.get("error") or f"train {r['seconds']:.1f}s; {r['train_rows']} train sequences after TRL's preparation"
+        )
         print(f"  {name}: done in {time.perf_counter() - t:.1f}s ({status})", flush=True)
         results.append(r)
     print()
@@ -284,12 +313,16 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     print(
         f"load average at start/end: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {cores} cores"
-        + (" (other processes shared the CPU: timings are noisy; compare runs on an idle box)" if max(load_before, os.getloadavg()[0]) > cores + 0.5 else "")
+        + (
+            " (other processes shared the CPU: timings are noisy; compare runs on an idle box)"
+            if max(load_before, os.getloadavg()[0]) > cores + 0.5
+            else ""
+        )
     )
     if attn not in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn"):
         print(
-            f"note: attention is {attn}, not flash-attention varlen: a packed/padding-free batch is ONE flattened sequence "
-            f"(packed: up to {BATCH}x{a.max_length} tokens) kept apart by a block-diagonal mask built from position_ids, "
+            f"note: attention is {attn}, not flash-attention varlen: a packed/padding-free batch is ONE flattened sequence "  # noqa: E501
+            f"(packed: up to {BATCH}x{a.max_length} tokens) kept apart by a block-diagonal mask built from position_ids, "  # noqa: E501
             "so attention costs O(flattened length^2) instead of O(batch x row length^2)."
         )
     return 0

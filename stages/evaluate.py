@@ -30,18 +30,27 @@ from collections import defaultdict
 
 import mlflow
 
-from alignpipe import checks, data, models, scoring, stats, templates, tracking
-from alignpipe.config import PipelineConfig
+from alignpipe import data, tracking
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.result import StageResult
+from alignpipe.data import templates
+from alignpipe.evaluation import checks, scoring, stats
+from alignpipe.training.models import load_model, load_scorer, load_tokenizer
 
 
-def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], template: str | None = None,
-                 reward_model: str | list[str] | None = None) -> dict:
+def run_evaluate(
+    cfg: PipelineConfig,
+    models: dict[str, str | list[str]],
+    template: str | None = None,
+    reward: str | list[str] | None = None,
+) -> StageResult:
     """Score each named model (e.g. {"base": ..., "sft": ..., "dpo": ...}) on the frozen suite;
     a list of paths is one model per training seed (`cfg.training_seeds`), scored each.
 
     Every headline metric gets a 95% interval and every later model a paired difference against
     each earlier one (alignpipe.stats); with a reward model, also its scores and win rates
     against the SFT model's answers."""
+    model_paths, reward_model = models, reward
     template = template or cfg.sft.template
     rows = data.eval_rows(cfg, "eval")
     pairs = data.eval_rows(cfg, "eval_preference")
@@ -50,11 +59,23 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
     n_seeds = max(len(p) for p in per_seed.values())
     seeds = cfg.training_seeds if len(cfg.training_seeds) == n_seeds else list(range(n_seeds))
     judges = reward_model if isinstance(reward_model, list) else [reward_model] * n_seeds
-    section = {"evaluate": dataclasses.asdict(cfg.evaluate), "models": model_paths, "template": template,
-               "reward_model": reward_model, "seeds": seeds}
-    with tracking.stage_run(cfg, "evaluate", section) as run:
-        mlflow.log_params({"eval_digest": data.rows_digest(rows), "eval_rows": len(rows), "eval_pairs": len(pairs),
-                           "n_seeds": n_seeds, **{f"n_seeds.{name}": len(p) for name, p in per_seed.items()}})
+    section = {
+        "evaluate": dataclasses.asdict(cfg.evaluate),
+        "models": model_paths,
+        "template": template,
+        "reward_model": reward_model,
+        "seeds": seeds,
+    }
+    with tracking.open_stage(cfg, "evaluate", section) as stage:
+        mlflow.log_params(
+            {
+                "eval_digest": data.rows_digest(rows),
+                "eval_rows": len(rows),
+                "eval_pairs": len(pairs),
+                "n_seeds": n_seeds,
+                **{f"n_seeds.{name}": len(p) for name, p in per_seed.items()},
+            }
+        )
         for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
             for src in data.sources(getattr(cfg.data, name)):
                 tracking.log_dataset(src.path, context)
@@ -70,8 +91,9 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
                 if i and len(per_seed[name]) == 1:  # a model not trained per seed (the base) is scored once
                     table[name], items[name] = seed_tables[0][name], runs[0][name]
                     continue
-                metrics, cats, rows_out, items[name] = _score_model(name, path, cfg, template, rows, pairs, seen, reference,
-                                                                    generations)
+                metrics, cats, rows_out, items[name] = _score_model(
+                    name, path, cfg, template, rows, pairs, seen, reference, generations
+                )
                 table[name] = metrics
                 per_category.setdefault(name, []).append(cats)
                 if i == 0:
@@ -84,43 +106,84 @@ def run_evaluate(cfg: PipelineConfig, model_paths: dict[str, str | list[str]], t
             for judge in dict.fromkeys(judges):
                 tracking.tag_upstream(cfg, "reward", judge)
                 tracking.log_model_input(judge, "judge")
-        suite = stats.Suite([r["category"] for r in rows], [r["check"] for r in rows], [p["category"] for p in pairs], seen)
+        suite = stats.Suite(
+            [r["category"] for r in rows], [r["check"] for r in rows], [p["category"] for p in pairs], seen
+        )
         labels = list(per_seed)
         summary = stats.summarize(runs, suite, [(a, b) for j, a in enumerate(labels) for b in labels[:j]])
         table = _mean_table(seed_tables, summary)
-        seed_tables = [{name: {**t[name], **{k: round(v["per_seed"][min(i, len(v["per_seed"]) - 1)], 4)
-                                             for k, v in summary["models"][name].items()}} for name in t}
-                       for i, t in enumerate(seed_tables)]
-        intervals = {m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()} for m, ks in summary["models"].items()}
-        comparisons = {pair: {k: {**{f: round(v[f], 4) for f in ("delta", "lo", "hi", "sd")}, "verdict": v["verdict"],
-                                  "direction": v["direction"], "per_seed": [round(x, 4) for x in v["per_seed"]]}
-                              for k, v in ks.items()}
-                       for pair, ks in summary["comparisons"].items()}
+        seed_tables = [
+            {
+                name: {
+                    **t[name],
+                    **{
+                        k: round(v["per_seed"][min(i, len(v["per_seed"]) - 1)], 4)
+                        for k, v in summary["models"][name].items()
+                    },
+                }
+                for name in t
+            }
+            for i, t in enumerate(seed_tables)
+        ]
+        intervals = {
+            m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()}
+            for m, ks in summary["models"].items()
+        }
+        comparisons = {
+            pair: {
+                k: {
+                    **{f: round(v[f], 4) for f in ("delta", "lo", "hi", "sd")},
+                    "verdict": v["verdict"],
+                    "direction": v["direction"],
+                    "per_seed": [round(x, 4) for x in v["per_seed"]],
+                }
+                for k, v in ks.items()
+            }
+            for pair, ks in summary["comparisons"].items()
+        }
         for name, metrics in table.items():
             mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
-            mlflow.log_metrics({f"{name}/{k}_{end}": b for k, (lo, hi) in intervals[name].items() for end, b in (("lo", lo), ("hi", hi))})
+            mlflow.log_metrics(
+                {
+                    f"{name}/{k}_{end}": b
+                    for k, (lo, hi) in intervals[name].items()
+                    for end, b in (("lo", lo), ("hi", hi))
+                }
+            )
         for pair, ks in comparisons.items():
             mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
         mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
-        per_category = {name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]} for name, cats in per_category.items()}
-        spread = {m: {k: round(v["sd"], 4) for k, v in ks.items()} for m, ks in summary["models"].items()}
-        tracking.log_json({"summary": table, "intervals": intervals, "seed_sd": spread, "comparisons": comparisons, "method": stats.METHOD,
-                           "seeds": seeds, "per_seed": seed_tables, "per_category": per_category,
-                           "seen_categories": sorted(seen), "items": runs}, "evaluation.json")
-        result = {
-            "stage": "evaluate",
-            "run_id": run.info.run_id,
-            "models": model_paths,
-            "seeds": seeds,
-            "metrics": table,
-            "intervals": intervals,
-            "comparisons": comparisons,
-            "per_category": per_category,
-            "template": template,
+        per_category = {
+            name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]}
+            for name, cats in per_category.items()
         }
-        tracking.log_json(result, "result.json")
-    tracking.write_result(cfg.run_dir / "evaluate.json", result)
-    return result
+        spread = {m: {k: round(v["sd"], 4) for k, v in ks.items()} for m, ks in summary["models"].items()}
+        tracking.log_json(
+            {
+                "summary": table,
+                "intervals": intervals,
+                "seed_sd": spread,
+                "comparisons": comparisons,
+                "method": stats.METHOD,
+                "seeds": seeds,
+                "per_seed": seed_tables,
+                "per_category": per_category,
+                "seen_categories": sorted(seen),
+                "items": runs,
+            },
+            "evaluation.json",
+        )
+        return stage.finish(
+            table,
+            template=template,
+            details={
+                "models": model_paths,
+                "seeds": seeds,
+                "intervals": intervals,
+                "comparisons": comparisons,
+                "per_category": per_category,
+            },
+        )
 
 
 def _mean_table(seed_tables: list[dict], summary: dict) -> dict[str, dict[str, float | None]]:
@@ -139,11 +202,13 @@ def _mean_table(seed_tables: list[dict], summary: dict) -> dict[str, dict[str, f
 
 def _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations=None):
     """(metrics, per-category accuracy, sample rows, per-item scores) of one model."""
-    model = models.load_model(path, cfg.model)
+    model = load_model(path, cfg.model)
     model.eval()
-    tok = models.load_tokenizer(path, cfg.model)
+    tok = load_tokenizer(path, cfg.model)
     ev = cfg.evaluate
-    prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"], r.get("history")) for r in rows]
+    prompts = [
+        templates.generation_prompt(template, tok, r["instruction"], r["input"], r.get("history")) for r in rows
+    ]
     outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
     if generations is not None:
         generations[name] = outputs
@@ -151,13 +216,21 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     refused = [checks.is_refusal(o) for o in outputs]
 
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
-    scores = scoring.response_logprobs(model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size)
+    scores = scoring.response_logprobs(
+        model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size
+    )
     by_seen = {k: [s for i, s in zip(task, scores) if (rows[i]["category"] in seen) == k] for k in (True, False)}
     logprob, tokens = [0.0] * len(rows), [0] * len(rows)
     for i, (s, n) in zip(task, scores):
         logprob[i], tokens[i] = s, n
-    items = {"correct": [int(bool(c)) for c in correct], "refused": [int(bool(r)) for r in refused],
-             "logprob": logprob, "tokens": tokens, "margin": None, "reward": None}
+    items = {
+        "correct": [int(bool(c)) for c in correct],
+        "refused": [int(bool(r)) for r in refused],
+        "logprob": logprob,
+        "tokens": tokens,
+        "margin": None,
+        "reward": None,
+    }
 
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for i in task:
@@ -198,7 +271,12 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
         return {}
     out = {}
     for name in templates.UNSEEN:
-        prompts = [templates.unseen_prompt(name, template, tok, rows[i]["instruction"], rows[i]["input"], rows[i].get("history")) for i in picked]
+        prompts = [
+            templates.unseen_prompt(
+                name, template, tok, rows[i]["instruction"], rows[i]["input"], rows[i].get("history")
+            )
+            for i in picked
+        ]
         outputs = scoring.generate(model, tok, prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size)
         out[f"format_acc_{name}"] = _mean(checks.check(rows[i], o) for i, o in zip(picked, outputs))
     robust = _mean(out.values())
@@ -209,24 +287,31 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
 
 def _add_reward_model_scores(table, generations, reward_model, cfg, template, rows) -> None:
     """rm_score per model and, against the SFT model's answers, rm_win_rate (ties count half)."""
-    scorer = models.load_scorer(reward_model, cfg.model)
+    scorer = load_scorer(reward_model, cfg.model)
     scorer.eval()
-    tok = models.load_tokenizer(reward_model, cfg.model)
+    tok = load_tokenizer(reward_model, cfg.model)
     prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in rows]
-    scores = {name: scoring.reward_scores(scorer, tok, prompts, outputs, cfg.evaluate.batch_size) for name, outputs in generations.items()}
+    scores = {
+        name: scoring.reward_scores(scorer, tok, prompts, outputs, cfg.evaluate.batch_size)
+        for name, outputs in generations.items()
+    }
     for name, s in scores.items():
         table[name]["rm_score"] = round(sum(s) / len(s), 4)
         if "sft" in scores:
-            table[name]["rm_win_rate"] = _mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(s, scores["sft"])])
+            table[name]["rm_win_rate"] = _mean(
+                [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(s, scores["sft"])]
+            )
 
 
 def _pair_logprobs(path, cfg, template, pairs, model=None, tok=None):
     """Summed log-probs of the chosen and the rejected answer of each pair."""
     if model is None:
-        model = models.load_model(path, cfg.model)
+        model = load_model(path, cfg.model)
         model.eval()
-        tok = models.load_tokenizer(path, cfg.model)
-    prompts = [templates.generation_prompt(template, tok, p["instruction"], p["input"], p.get("history")) for p in pairs]
+        tok = load_tokenizer(path, cfg.model)
+    prompts = [
+        templates.generation_prompt(template, tok, p["instruction"], p["input"], p.get("history")) for p in pairs
+    ]
     bs = cfg.evaluate.batch_size
     chosen = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["chosen"] for p in pairs], bs)]
     rejected = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["rejected"] for p in pairs], bs)]

@@ -15,33 +15,43 @@ import dataclasses
 
 from datasets import Dataset
 
-from alignpipe import data, models, scoring, templates, tracking, training, trl_api
-from alignpipe.config import PipelineConfig
+from alignpipe import data, tracking, training
+from alignpipe.core import trl_api
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.registry import METHODS
+from alignpipe.core.result import StageResult
+from alignpipe.data import templates
+from alignpipe.evaluation import scoring
+from alignpipe.training import models
 
-ONLINE_METHODS = ("rloo", "grpo")
 
-
-def run_online_rl(cfg: PipelineConfig, sft_model: str, reward_model: str, template: str | None = None) -> dict:
-    """Train `preference.method` (rloo | grpo) against the reward model, from the SFT model."""
-    method = cfg.preference.method
-    if method not in ONLINE_METHODS:
-        raise ValueError(f"run_online_rl: {method!r} is not one of {', '.join(ONLINE_METHODS)}")
+def run_online_rl(cfg: PipelineConfig, sft: str, reward: str, template: str | None = None) -> StageResult:
+    """Train `preference.method` (rloo | grpo) against the `reward` model, from the `sft` model."""
+    method = METHODS[cfg.preference.method]
     template = template or cfg.sft.template
-    rows, report = data.stage_rows(cfg, "preference")
-    train_rows, _ = data.split_validation(rows, cfg.data.validation_rows)
-    section = {"preference": dataclasses.asdict(cfg.preference), "sft_model": sft_model, "reward_model": reward_model, "template": template}
-    inputs = {**section, "data": data.rows_digest(rows), "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
-    out = training.stage_dir(cfg, method, inputs)
-    with tracking.stage_run(cfg, method, section) as run:
-        tok = models.load_tokenizer(sft_model, cfg.model)
-        scorer = models.load_scorer(reward_model, cfg.model).eval()
-        args = trl_api.make_config(method, str(out / "checkpoints"), cfg.preference.trl, ours=training.common_args(cfg))
-        distinct = {(r["instruction"], r["input"]): None for r in train_rows}
+    rows = data.training_rows(cfg, "preference")
+    section = {
+        "preference": dataclasses.asdict(cfg.preference),
+        "sft_model": sft,
+        "reward_model": reward,
+        "template": template,
+    }
+    inputs = {**section, "data": rows.digest, "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
+    with tracking.open_stage(cfg, method.name, section, inputs, data_report=(rows.report, "preference")) as stage:
+        tok = models.load_tokenizer(sft, cfg.model)
+        scorer = models.load_scorer(reward, cfg.model).eval()
+        args = trl_api.make_config(
+            method.trl_kind,
+            str(stage.out / "checkpoints"),
+            cfg.preference.trl,
+            ours={**training.common_args(cfg), **method.fixed},
+        )
+        distinct = {(r["instruction"], r["input"]): None for r in rows.train}
         prompts = [templates.training_prompt(template, instruction, inp) for instruction, inp in distinct]
         trainer = trl_api.trainer(
-            method,
-            model=models.load_model(sft_model, cfg.model),
-            reward_funcs=_reward_function(scorer, models.load_tokenizer(reward_model, cfg.model), cfg.evaluate.batch_size),
+            method.trl_kind,
+            model=models.load_model(sft, cfg.model),
+            reward_funcs=_reward_function(scorer, models.load_tokenizer(reward, cfg.model), cfg.evaluate.batch_size),
             args=args,
             train_dataset=Dataset.from_dict({"prompt": prompts}),
             processing_class=tok,
@@ -49,26 +59,21 @@ def run_online_rl(cfg: PipelineConfig, sft_model: str, reward_model: str, templa
             callbacks=[tracking.MetricsCallback()],
         )
         scorer.to(trainer.accelerator.device)
-        tracking.log_params({"train_prompts": len(prompts), "data_digest": inputs["data"], "reference_model": sft_model, "reward_model": reward_model})
-        tracking.tag_upstream(cfg, "reward", reward_model)
-        tracking.tag_upstream(cfg, "sft", sft_model)
-        data.log_report(report, "data_report", "preference")
-        tracking.log_model_input(sft_model, "reference")  # also the initial policy
-        tracking.log_model_input(reward_model, "reward")
-        metrics, model_dir = training.fit(trainer, tok, out, method)
-        result = {
-            "stage": method,
-            "run_id": run.info.run_id,
-            "model_path": str(model_dir),
-            "reference_model": sft_model,
-            "reward_model": reward_model,
-            "template": template,
-            "metrics": metrics,
-            "data_digest": inputs["data"],
-        }
-        tracking.log_json(result, "result.json")
-    tracking.write_result(cfg.run_dir / f"{method}.json", result)
-    return result
+        tracking.log_params(
+            {"train_prompts": len(prompts), "data_digest": rows.digest, "reference_model": sft, "reward_model": reward}
+        )
+        tracking.tag_upstream(cfg, "reward", reward)
+        tracking.tag_upstream(cfg, "sft", sft)
+        tracking.log_model_input(sft, "reference")  # also the initial policy
+        tracking.log_model_input(reward, "reward")
+        metrics, model_dir = training.fit(trainer, tok, stage.out, method.name)
+        return stage.finish(
+            metrics,
+            model_path=str(model_dir),
+            template=template,
+            lineage={"reference_model": sft, "reward_model": reward},
+            details={"data_digest": rows.digest},
+        )
 
 
 def _reward_function(scorer, tok, batch_size: int):

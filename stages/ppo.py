@@ -18,45 +18,62 @@ import dataclasses
 
 from datasets import Dataset
 
-from alignpipe import data, models, ppo_api, templates, tracking, training, trl_api
-from alignpipe.config import PipelineConfig
+from alignpipe import data, tracking, training
+from alignpipe.core import ppo_api, trl_api
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.result import StageResult
+from alignpipe.data import templates
+from alignpipe.training import models
 
 # PPO needs no checkpoints (it cannot resume) and no sample tables; responses end at EOS.
 _OURS = {"save_strategy": "no", "num_sample_generations": 0, "stop_token": "eos"}
 
 
-def run_ppo(cfg: PipelineConfig, sft_model: str, reward_model: str, template: str | None = None) -> dict:
+def run_ppo(cfg: PipelineConfig, sft: str, reward: str, template: str | None = None) -> StageResult:
+    """PPO from the `sft` model against the `reward` model (which also starts the value model)."""
     template = template or cfg.sft.template
-    rows, report = data.stage_rows(cfg, "preference")
-    train_rows, val_rows = data.split_validation(rows, cfg.data.validation_rows)
-    section = {"preference": dataclasses.asdict(cfg.preference), "sft_model": sft_model, "reward_model": reward_model, "template": template}
-    inputs = {**section, "data": data.rows_digest(rows), "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
-    out = training.stage_dir(cfg, "ppo", inputs)
-    with tracking.stage_run(cfg, "ppo", section) as run:
-        tok = models.load_tokenizer(sft_model, cfg.model)
+    rows = data.training_rows(cfg, "preference")
+    section = {
+        "preference": dataclasses.asdict(cfg.preference),
+        "sft_model": sft,
+        "reward_model": reward,
+        "template": template,
+    }
+    inputs = {**section, "data": rows.digest, "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
+    with tracking.open_stage(cfg, "ppo", section, inputs, data_report=(rows.report, "preference")) as stage:
+        tok = models.load_tokenizer(sft, cfg.model)
         tok.padding_side = "left"  # PPO batches prompts for generation: pad them on the left
-        args = trl_api.make_config("ppo", str(out / "checkpoints"), cfg.preference.trl, ours={**training.common_args(cfg), **_OURS})
+        args = trl_api.make_config(
+            "ppo", str(stage.out / "checkpoints"), cfg.preference.trl, ours={**training.common_args(cfg), **_OURS}
+        )
         if args.total_episodes is None and args.max_steps > 0:
             args.total_episodes = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
         trainer = ppo_api.trainer(
             args=args,
             processing_class=tok,
-            policy=models.load_model(sft_model, cfg.model),
+            policy=models.load_model(sft, cfg.model),
             reference=None,  # TRL copies the SFT policy (or disables the LoRA adapter)
-            reward_model=models.load_scorer(reward_model, cfg.model, pad_token_id=tok.pad_token_id),
-            value_model=models.load_scorer(reward_model, cfg.model, pad_token_id=tok.pad_token_id),
-            train_dataset=_prompts(train_rows, template, tok),
-            eval_dataset=_prompts(val_rows or train_rows[:8], template, tok),
+            reward_model=models.load_scorer(reward, cfg.model, pad_token_id=tok.pad_token_id),
+            value_model=models.load_scorer(reward, cfg.model, pad_token_id=tok.pad_token_id),
+            train_dataset=_prompts(rows.train, template, tok),
+            eval_dataset=_prompts(rows.validation or rows.train[:8], template, tok),
             callbacks=[tracking.MetricsCallback()],
             peft_config=training.lora_config(cfg.preference.lora),
         )
-        tracking.log_params({"train_prompts": len(trainer.train_dataset), "data_digest": inputs["data"], "reference_model": sft_model,
-                             "reward_model": reward_model, "value_model_init": reward_model, "total_episodes": args.total_episodes})
-        tracking.tag_upstream(cfg, "reward", reward_model)
-        tracking.tag_upstream(cfg, "sft", sft_model)
-        data.log_report(report, "data_report", "preference")
-        tracking.log_model_input(sft_model, "reference")  # also the initial policy
-        tracking.log_model_input(reward_model, "reward")  # also the value model's start
+        tracking.log_params(
+            {
+                "train_prompts": len(trainer.train_dataset),
+                "data_digest": rows.digest,
+                "reference_model": sft,
+                "reward_model": reward,
+                "value_model_init": reward,
+                "total_episodes": args.total_episodes,
+            }
+        )
+        tracking.tag_upstream(cfg, "reward", reward)
+        tracking.tag_upstream(cfg, "sft", sft)
+        tracking.log_model_input(sft, "reference")  # also the initial policy
+        tracking.log_model_input(reward, "reward")  # also the value model's start
         trainer.train()
         logged = [h for h in trainer.state.log_history if "objective/kl" in h]
         metrics = {k: float(v) for k, v in (logged[-1] if logged else {}).items() if isinstance(v, (int, float))}
@@ -65,25 +82,18 @@ def run_ppo(cfg: PipelineConfig, sft_model: str, reward_model: str, template: st
         metrics["global_step"] = float(trainer.state.global_step)
         tracking.log_metrics({f"final_{k.replace('/', '_')}": v for k, v in metrics.items()})
         policy = trainer.accelerator.unwrap_model(trainer.model).policy
-        model_dir = training.save_model(policy, tok, out / "model")
+        model_dir = training.save_model(policy, tok, stage.out / "model")
         tracking.log_model(model_dir, "ppo")
-        result = {
-            "stage": "ppo",
-            "run_id": run.info.run_id,
-            "model_path": str(model_dir),
-            "reference_model": sft_model,
-            "reward_model": reward_model,
-            "template": template,
-            "metrics": metrics,
-            "data_digest": inputs["data"],
-        }
-        tracking.log_json(result, "result.json")
-    tracking.write_result(cfg.run_dir / "ppo.json", result)
-    return result
+        return stage.finish(
+            metrics,
+            model_path=str(model_dir),
+            template=template,
+            lineage={"reference_model": sft, "reward_model": reward},
+            details={"data_digest": rows.digest},
+        )
 
 
 def _prompts(rows: list[dict], template: str, tok) -> Dataset:
     """Distinct prompts as the generation-time text, pre-tokenised (PPOTrainer takes input_ids)."""
     texts = list(dict.fromkeys(templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in rows))
     return Dataset.from_dict({"input_ids": [tok(t)["input_ids"] for t in texts]})
-

@@ -19,25 +19,30 @@ from collections import Counter
 
 import mlflow
 
-from alignpipe import data, models, scoring, templates, tracking
-from alignpipe.config import PipelineConfig
+from alignpipe import data, tracking
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.result import StageResult
+from alignpipe.data import templates
+from alignpipe.evaluation import scoring
+from alignpipe.training import models
 
 BYTES_PER_PARAM_FULL_FT = 16  # fp32 weights + gradients + Adam's two moments
 
 
-def run_select(cfg: PipelineConfig) -> dict:
+def run_select(cfg: PipelineConfig) -> StageResult:
     rows = data.stage_rows(cfg, "sft")[0]
     _, heldout = data.split_validation(rows, cfg.data.validation_rows)
     heldout = heldout or rows[: cfg.data.validation_rows]
     section = {"model": dataclasses.asdict(cfg.model), "select": dataclasses.asdict(cfg.select)}
-    with tracking.stage_run(cfg, "select", section) as run:
+    with tracking.open_stage(cfg, "select", section) as stage:
         ranking = [_score(cand, cfg, heldout) for cand in cfg.model.candidates]
         scored = [r for r in ranking if r["within_budget"]]
         if not scored:
             smallest = min(ranking, key=lambda r: r["parameters"])
             raise models.ModelSourceError(
-                f"no candidate fits the budget (model.max_params={cfg.model.max_params}, model.max_memory_gb={cfg.model.max_memory_gb}); "
-                f"the smallest, {smallest['name']}, has {smallest['parameters']:,} parameters: raise the budget or add a smaller model"
+                f"no candidate fits the budget (model.max_params={cfg.model.max_params}, "
+                f"model.max_memory_gb={cfg.model.max_memory_gb}); the smallest, {smallest['name']}, has "
+                f"{smallest['parameters']:,} parameters: raise the budget or add a smaller model"
             )
         best_ppl = min(r["perplexity"] for r in scored)
         tied = [r for r in scored if r["perplexity"] <= best_ppl * (1 + cfg.select.tie_tolerance)]
@@ -45,30 +50,40 @@ def run_select(cfg: PipelineConfig) -> dict:
         reason = (
             f"{pick['name']}: lowest held-out response perplexity ({pick['perplexity']:.2f}) among "
             f"{len(scored)} candidate(s) within budget"
-            + (f"; tied within {cfg.select.tie_tolerance:.0%} with {len(tied) - 1} other(s), won on generation F1 "
-               f"({pick['generation_f1']:.3f}) then size" if len(tied) > 1 else "")
+            + (
+                f"; tied within {cfg.select.tie_tolerance:.0%} with {len(tied) - 1} other(s), won on generation F1 "
+                f"({pick['generation_f1']:.3f}) then size"
+                if len(tied) > 1
+                else ""
+            )
         )
         for r in ranking:
             r["selected"] = r is pick
             if r["within_budget"]:
-                mlflow.log_metrics({f"{r['name']}.perplexity": r["perplexity"], f"{r['name']}.generation_f1": r["generation_f1"]})
+                mlflow.log_metrics(
+                    {f"{r['name']}.perplexity": r["perplexity"], f"{r['name']}.generation_f1": r["generation_f1"]}
+                )
         mlflow.log_table({k: [r.get(k) for r in ranking] for k in ranking[0]}, "ranking.json")
         for src in data.sources(cfg.data.sft):
             tracking.log_dataset(src.path, "validation")
         tracking.log_model_input(pick["source"], "selected")
-        mlflow.set_tags({"alignpipe.selected": pick["name"], "alignpipe.selected_source": pick["source"], "alignpipe.reason": reason[:5000]})
-        result = {
-            "stage": "select",
-            "run_id": run.info.run_id,
-            "model_path": pick["source"],
-            "candidate": pick["name"],
-            "reason": reason,
-            "ranking": ranking,
-            "data_digest": data.rows_digest(rows),
-        }
-        tracking.log_json(result, "result.json")
-    tracking.write_result(cfg.run_dir / "select.json", result)
-    return result
+        mlflow.set_tags(
+            {
+                "alignpipe.selected": pick["name"],
+                "alignpipe.selected_source": pick["source"],
+                "alignpipe.reason": reason[:5000],
+            }
+        )
+        return stage.finish(
+            {},
+            model_path=pick["source"],
+            details={
+                "candidate": pick["name"],
+                "reason": reason,
+                "ranking": ranking,
+                "data_digest": data.rows_digest(rows),
+            },
+        )
 
 
 def _score(cand, cfg: PipelineConfig, rows: list[dict]) -> dict:
@@ -77,7 +92,9 @@ def _score(cand, cfg: PipelineConfig, rows: list[dict]) -> dict:
     params = models.count_parameters(source, cfg.model)
     memory_gb = params * BYTES_PER_PARAM_FULL_FT / 1e9
     entry = {"name": cand.name, "source": source, "parameters": params, "train_memory_gb": round(memory_gb, 3)}
-    over = (cfg.model.max_params and params > cfg.model.max_params) or (cfg.model.max_memory_gb and memory_gb > cfg.model.max_memory_gb)
+    over = (cfg.model.max_params and params > cfg.model.max_params) or (
+        cfg.model.max_memory_gb and memory_gb > cfg.model.max_memory_gb
+    )
     entry["within_budget"] = not over
     if over:
         entry.update(perplexity=None, generation_f1=None, seconds=0.0)

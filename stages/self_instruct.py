@@ -6,7 +6,7 @@ numbered list and continues it. A proposed instruction is kept only if it passes
 format filters and its ROUGE-L against every instruction already in the pool is below
 `self_instruct.rouge_threshold` (0.7, the paper's rule); then the generator writes its input
 and output from a seed example. Rows are written as Alpaca triples with provenance (round,
-generator, the seed ids shown) and join the SFT mixture (`run_sft(..., generated_data=)`).
+generator, the seed ids shown) and join the SFT mixture (`run_sft(..., generated=)`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,33 @@ import re
 
 import torch
 
-from alignpipe import data, models, tracking, training
-from alignpipe.config import PipelineConfig
+from alignpipe import data, tracking
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.files import file_digest
+from alignpipe.core.result import StageResult
+from alignpipe.training import models
 
 # The paper's format filters: tasks a text model cannot do, and prompts that are not a task.
-_BLOCKED = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot",
-            "go to", "video", "audio", "music", "flowchart", "diagram")
+_BLOCKED = (
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
+)
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NUMBERED = re.compile(r"\n\s*\d+\s*[.)]\s*")
 
@@ -87,9 +108,9 @@ def parse_instance(text: str) -> tuple[str, str]:
     if "Output:" in text:
         before, _, output = text.partition("Output:")
         inp = before.strip()
-        inp = inp[len("Input:"):].strip() if inp.startswith("Input:") else inp
+        inp = inp[len("Input:") :].strip() if inp.startswith("Input:") else inp
         return inp, output.strip()
-    return "", text[len("Input:"):].strip() if text.startswith("Input:") else text
+    return "", text[len("Input:") :].strip() if text.startswith("Input:") else text
 
 
 @torch.no_grad()
@@ -101,10 +122,23 @@ def sample(model, tok, prompts: list[str], si, seed: int) -> list[tuple[str, boo
     out = []
     for prompt in prompts:
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -limit:].to(model.device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=si.max_new_tokens, do_sample=True,
-                             temperature=si.temperature, top_p=si.top_p, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = gen[0, ids.shape[1]:]
-        out.append((tok.decode(new, skip_special_tokens=True), len(new) >= si.max_new_tokens and new[-1].item() != tok.eos_token_id))
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=si.max_new_tokens,
+            do_sample=True,
+            temperature=si.temperature,
+            top_p=si.top_p,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        new = gen[0, ids.shape[1] :]
+        out.append(
+            (
+                tok.decode(new, skip_special_tokens=True),
+                len(new) >= si.max_new_tokens and new[-1].item() != tok.eos_token_id,
+            )
+        )
     return out
 
 
@@ -114,22 +148,31 @@ def load_seeds(path: str) -> list[dict]:
     seeds = []
     for i, (rec, at) in enumerate(zip(records, where)):
         row = data.normalise("sft", "self_instruct", f"{path}: {at}", rec)[0]
-        seeds.append({"id": str(rec.get("id") or f"seed_{i}"), **{k: row[k] for k in ("instruction", "input", "output")}})
+        seeds.append(
+            {"id": str(rec.get("id") or f"seed_{i}"), **{k: row[k] for k in ("instruction", "input", "output")}}
+        )
     return seeds
 
 
-def run_self_instruct(cfg: PipelineConfig, generator_model: str) -> dict:
+def run_self_instruct(cfg: PipelineConfig, generator: str) -> StageResult:
+    """Grow instructions from the seed tasks with `self_instruct.generator`, else `generator`."""
     si = cfg.self_instruct
     if not si.seed_tasks:
         raise data.DataError("self_instruct.seed_tasks is not set: give a seed task file in the Self-Instruct format")
     seeds = load_seeds(si.seed_tasks)
-    generator = si.generator or generator_model
+    generator = si.generator or generator
     section = {"self_instruct": dataclasses.asdict(si), "generator": generator}
-    inputs = {**section, "seeds": data.file_digest(si.seed_tasks), "seed": cfg.seed}
-    out = training.stage_dir(cfg, "self_instruct", inputs)
+    inputs = {**section, "seeds": file_digest(si.seed_tasks), "seed": cfg.seed}
     rng = random.Random(cfg.seed)
-    counts = {"proposed": 0, "filtered_length": 0, "filtered_format": 0, "filtered_rouge": 0, "filtered_instance": 0, "kept": 0}
-    with tracking.stage_run(cfg, "self_instruct", section) as run:
+    counts = {
+        "proposed": 0,
+        "filtered_length": 0,
+        "filtered_format": 0,
+        "filtered_rouge": 0,
+        "filtered_instance": 0,
+        "kept": 0,
+    }
+    with tracking.open_stage(cfg, "self_instruct", section, inputs) as stage:
         tracking.log_dataset(si.seed_tasks, "seed", rows=len(seeds))
         tracking.log_model_input(generator, "generator")
         tok = models.load_tokenizer(generator, cfg.model)
@@ -158,30 +201,40 @@ def run_self_instruct(cfg: PipelineConfig, generator_model: str) -> dict:
                     seed_ids = sorted({i for s in shown for i in ([s["id"]] if "round" not in s else s["seed_ids"])})
                     kept_now.append({"instruction": cand, "seed_ids": seed_ids})
             examples = [rng.choice(seeds) for _ in kept_now]
-            replies = sample(model, tok, [instance_prompt(e, k["instruction"]) for e, k in zip(examples, kept_now)], si, cfg.seed + 1000 + rnd)
+            replies = sample(
+                model,
+                tok,
+                [instance_prompt(e, k["instruction"]) for e, k in zip(examples, kept_now)],
+                si,
+                cfg.seed + 1000 + rnd,
+            )
             for k, (reply, _) in zip(kept_now, replies):
                 inp, output = parse_instance(reply)
                 if not output.strip():
                     counts["filtered_instance"] += 1
                     continue
                 counts["kept"] += 1
-                rows.append({"id": f"self_instruct_r{rnd}_{len(rows)}", "instruction": k["instruction"], "input": inp, "output": output,
-                             "category": "self_instruct", "round": rnd, "generator": generator, "seed_ids": k["seed_ids"]})
-            tracking.log_metrics({f"round{rnd}_kept": float(sum(1 for r in rows if r["round"] == rnd)), "pool_size": float(len(pool))})
-        path = out / "self_instruct.jsonl"
+                rows.append(
+                    {
+                        "id": f"self_instruct_r{rnd}_{len(rows)}",
+                        "instruction": k["instruction"],
+                        "input": inp,
+                        "output": output,
+                        "category": "self_instruct",
+                        "round": rnd,
+                        "generator": generator,
+                        "seed_ids": k["seed_ids"],
+                    }
+                )
+            tracking.log_metrics(
+                {f"round{rnd}_kept": float(sum(1 for r in rows if r["round"] == rnd)), "pool_size": float(len(pool))}
+            )
+        path = stage.out / "self_instruct.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         metrics = {**counts, "seed_tasks": len(seeds), "rounds": si.rounds}
         tracking.log_metrics({k: float(v) for k, v in metrics.items()})
         tracking.log_json(rows[:50], "samples.json")
         tracking.log_artifact(path)  # the generated dataset itself; SFT records it as a train input
-        result = {
-            "stage": "self_instruct",
-            "run_id": run.info.run_id,
-            "data_path": str(path),
-            "generator": generator,
-            "metrics": metrics,
-            "data_digest": data.file_digest(path),
-        }
-        tracking.log_json(result, "result.json")
-    tracking.write_result(cfg.run_dir / "self_instruct.json", result)
-    return result
+        return stage.finish(
+            metrics, data_path=str(path), details={"generator": generator, "data_digest": file_digest(path)}
+        )

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.fast
+
 TINY = "configs/tiny.yaml"
 GOOD = (ROOT / "data" / "sft.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:3]
 KEEP = "notes the user left here\n"
@@ -45,7 +47,10 @@ def case(tmp_path_factory):
         "unknown_key": (["validate", TINY, "--set", "sft.lerning_rate=0.1"], home),
         "model_path": (["validate", TINY, "--set", "sft.model_path=./no/such/dir"], home),
         "candidate_path": (["validate", TINY, "--set", "model.candidates=[{name: x, path: ./nope}]"], home),
-        "stage_sft": (["stage", "sft", TINY, "--set", f"data.sft.path={f['malformed']}"], {"ALIGNPIPE_HOME": str(state)}),
+        "stage_sft": (
+            ["stage", "sft", TINY, "--set", f"data.sft.path={f['malformed']}"],
+            {"ALIGNPIPE_HOME": str(state)},
+        ),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run_cli, *args, env=env) for name, (args, env) in cases.items()}

@@ -5,8 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from alignpipe.config import ConfigError, LoraSection, load_config
+from alignpipe.core.config import LoraSection
+from alignpipe.core.errors import ConfigError
+from alignpipe.core.recipe import load_config
+
 from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.fast
 
 TINY = ROOT / "configs" / "tiny.yaml"
 DATA = ROOT / "data"
@@ -154,7 +159,11 @@ def test_all_problems_reported_at_once():
         ("select.tie_tolerance=abc", "'select.tie_tolerance'", "number"),
         ("sft.lora={r: eight}", "'sft.lora.r'", "integer"),
         ("model.trust_remote_code=maybe", "'model.trust_remote_code'", "true or false"),
-        ("model.candidates=[{name: x, tiny: {hidden_size: big}}]", "'model.candidates[0].tiny.hidden_size'", "integer"),
+        (
+            "model.candidates=[{name: x, tiny: {hidden_size: big}}]",
+            "'model.candidates[0].tiny.hidden_size'",
+            "integer",
+        ),
         ("distributed.num_processes=abc", "'distributed.num_processes'", "integer"),
         ("sft.max_steps=abc", "'sft.max_steps'", "integer"),
         ("preference.beta=abc", "'preference.beta'", "number"),
@@ -199,7 +208,9 @@ def test_relative_path_missing_next_to_yaml_is_reported(recipe):
 def test_exponent_floats_parse_as_numbers(tmp_path):
     """PyYAML alone reads 3e-4 as a string; recipes and --set both write rates that way."""
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(TINY.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 3e-3").replace("../data/", f"{DATA}/"))
+    recipe.write_text(
+        TINY.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 3e-3").replace("../data/", f"{DATA}/")
+    )
     cfg = load_config(recipe, ["preference.learning_rate=5e-5", "select.tie_tolerance=1e-2"])
     assert cfg.sft.trl["learning_rate"] == 3e-3
     assert cfg.preference.trl["learning_rate"] == 5e-5
@@ -207,6 +218,8 @@ def test_exponent_floats_parse_as_numbers(tmp_path):
 
 
 def test_hub_ids_are_not_mistaken_for_missing_files():
-    cfg = load_config(TINY, ["sft.model_path=Qwen/Qwen2.5-0.5B", "model.candidates=[{path: HuggingFaceTB/SmolLM2-360M}]"])
+    cfg = load_config(
+        TINY, ["sft.model_path=Qwen/Qwen2.5-0.5B", "model.candidates=[{path: HuggingFaceTB/SmolLM2-360M}]"]
+    )
     assert cfg.sft.model_path == "Qwen/Qwen2.5-0.5B"
     assert cfg.model.candidates[0].name == "SmolLM2-360M"

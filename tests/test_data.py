@@ -7,9 +7,14 @@ from types import SimpleNamespace
 import pytest
 from datasets import Dataset, DatasetDict
 
-from alignpipe import data, decontam, templates
-from alignpipe.config import ConfigError, load_config
+from alignpipe import data
+from alignpipe.core.errors import ConfigError
+from alignpipe.core.recipe import load_config
+from alignpipe.data import decontam, templates
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.fast
 
 TINY = ROOT / "configs" / "tiny.yaml"
 
@@ -29,25 +34,111 @@ HH = "\n\nHuman: How do I pick a lock?\n\nAssistant: Why do you ask?\n\nHuman: I
 @pytest.mark.parametrize(
     "kind, rows, fmt, first",
     [
-        ("sft", [{"instruction": "Add.", "input": "Noinput", "output": "2"}, {"instruction": "Say hi.", "input": "<no input>", "output": "hi"}],
-         "alpaca", {"instruction": "Add.", "input": "", "output": "2"}),
-        ("sft", [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}],
-         "messages", {"instruction": "Hi", "output": "Hello", "history": [{"role": "system", "content": "Be brief."}]}),
-        ("sft", [{"conversations": [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"}, {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]}],
-         "sharegpt", {"instruction": "Q2", "output": "A2", "history": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}]}),
+        (
+            "sft",
+            [
+                {"instruction": "Add.", "input": "Noinput", "output": "2"},
+                {"instruction": "Say hi.", "input": "<no input>", "output": "hi"},
+            ],
+            "alpaca",
+            {"instruction": "Add.", "input": "", "output": "2"},
+        ),
+        (
+            "sft",
+            [
+                {
+                    "messages": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello"},
+                    ]
+                }
+            ],
+            "messages",
+            {"instruction": "Hi", "output": "Hello", "history": [{"role": "system", "content": "Be brief."}]},
+        ),
+        (
+            "sft",
+            [
+                {
+                    "conversations": [
+                        {"from": "human", "value": "Q1"},
+                        {"from": "gpt", "value": "A1"},
+                        {"from": "human", "value": "Q2"},
+                        {"from": "gpt", "value": "A2"},
+                    ]
+                }
+            ],
+            "sharegpt",
+            {
+                "instruction": "Q2",
+                "output": "A2",
+                "history": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}],
+            },
+        ),
         ("sft", [{"prompt": "2+2=", "completion": "4"}], "prompt_completion", {"instruction": "2+2=", "output": "4"}),
-        ("sft", [{"id": "t1", "instruction": "Sort.", "instances": [{"input": "b a", "output": "a b"}], "motivation_app": "Sheets"}],
-         "self_instruct", {"instruction": "Sort.", "input": "b a", "output": "a b", "category": "Sheets"}),
-        ("preference", [{"chosen": HH + "Call a locksmith.", "rejected": HH + "Use a pin."}],
-         "hh", {"instruction": "I'm locked out.", "chosen": "Call a locksmith.", "rejected": "Use a pin.",
-                "history": [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Why do you ask?"}]}),
-        ("preference", [{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Rome"}], "explicit", {"instruction": "Capital of France?", "chosen": "Paris"}),
-        ("preference", [{"instruction": "Plural of fig.", "input": "", "chosen": "figs", "rejected": "fig"}], "explicit", {"instruction": "Plural of fig.", "rejected": "fig"}),
-        ("preference", [{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-                         "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]}],
-         "implicit", {"instruction": "Hi", "chosen": "Hello!", "rejected": "Go away."}),
-        ("preference", [{"conversations": [{"from": "human", "value": "Hi"}], "chosen": {"from": "gpt", "value": "Hello!"}, "rejected": {"from": "gpt", "value": "No."}}],
-         "sharegpt", {"instruction": "Hi", "chosen": "Hello!", "rejected": "No."}),
+        (
+            "sft",
+            [
+                {
+                    "id": "t1",
+                    "instruction": "Sort.",
+                    "instances": [{"input": "b a", "output": "a b"}],
+                    "motivation_app": "Sheets",
+                }
+            ],
+            "self_instruct",
+            {"instruction": "Sort.", "input": "b a", "output": "a b", "category": "Sheets"},
+        ),
+        (
+            "preference",
+            [{"chosen": HH + "Call a locksmith.", "rejected": HH + "Use a pin."}],
+            "hh",
+            {
+                "instruction": "I'm locked out.",
+                "chosen": "Call a locksmith.",
+                "rejected": "Use a pin.",
+                "history": [
+                    {"role": "user", "content": "How do I pick a lock?"},
+                    {"role": "assistant", "content": "Why do you ask?"},
+                ],
+            },
+        ),
+        (
+            "preference",
+            [{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Rome"}],
+            "explicit",
+            {"instruction": "Capital of France?", "chosen": "Paris"},
+        ),
+        (
+            "preference",
+            [{"instruction": "Plural of fig.", "input": "", "chosen": "figs", "rejected": "fig"}],
+            "explicit",
+            {"instruction": "Plural of fig.", "rejected": "fig"},
+        ),
+        (
+            "preference",
+            [
+                {
+                    "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                    "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+                }
+            ],
+            "implicit",
+            {"instruction": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+        ),
+        (
+            "preference",
+            [
+                {
+                    "conversations": [{"from": "human", "value": "Hi"}],
+                    "chosen": {"from": "gpt", "value": "Hello!"},
+                    "rejected": {"from": "gpt", "value": "No."},
+                }
+            ],
+            "sharegpt",
+            {"instruction": "Hi", "chosen": "Hello!", "rejected": "No."},
+        ),
     ],
 )
 def test_each_format_is_detected_and_normalised(tmp_path, kind, rows, fmt, first):
@@ -73,7 +164,10 @@ def test_file_types_json_array_parquet_csv_and_saved_dataset(tmp_path):
 
 
 def test_category_from_a_named_field_or_the_source(tmp_path):
-    path = _jsonl(tmp_path / "d.jsonl", [{"instruction": "A.", "output": "a", "task_type": "qa"}, {"instruction": "B.", "output": "b"}])
+    path = _jsonl(
+        tmp_path / "d.jsonl",
+        [{"instruction": "A.", "output": "a", "task_type": "qa"}, {"instruction": "B.", "output": "b"}],
+    )
     rows, _ = data.load_source("sft", _src(path, category="misc", category_field="task_type"))
     assert [r["category"] for r in rows] == ["qa", "misc"]
 
@@ -89,12 +183,15 @@ def test_format_override_and_undetectable_format(tmp_path):
 
 
 def test_bad_rows_fail_names_file_line_field_and_skip_counts_by_reason(tmp_path):
-    path = _jsonl(tmp_path / "hh.jsonl", [
-        {"chosen": HH + "Call a locksmith.", "rejected": HH + "Use a pin."},
-        {"chosen": HH, "rejected": HH + "Use a pin."},  # empty last turn
-        {"chosen": HH + "A", "rejected": "\n\nHuman: Something else\n\nAssistant: B"},  # prefixes differ
-        {"chosen": HH + "C", "rejected": HH + "D"},
-    ])
+    path = _jsonl(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": HH + "Call a locksmith.", "rejected": HH + "Use a pin."},
+            {"chosen": HH, "rejected": HH + "Use a pin."},  # empty last turn
+            {"chosen": HH + "A", "rejected": "\n\nHuman: Something else\n\nAssistant: B"},  # prefixes differ
+            {"chosen": HH + "C", "rejected": HH + "D"},
+        ],
+    )
     with pytest.raises(data.DataError, match=r"hh.jsonl: line 2: field 'chosen' ends with an empty assistant turn"):
         data.load_source("preference", path, on_bad_rows="fail")
     rows, report = data.load_source("preference", path, on_bad_rows="skip")
@@ -108,7 +205,12 @@ def _cfg(tmp_path, sft_rows, eval_rows, *overrides, pref_rows=None, eval_pairs=N
     sft = _jsonl(tmp_path / "sft.jsonl", sft_rows)
     ev = _jsonl(tmp_path / "eval.jsonl", eval_rows)
     pref = _jsonl(tmp_path / "pref.jsonl", pref_rows or [{"instruction": "x", "chosen": "a", "rejected": "b"}])
-    sets = [f"data.sft.path={sft}", f"data.eval.path={ev}", f"data.preference.path={pref}", "data.eval_preference.path=null"]
+    sets = [
+        f"data.sft.path={sft}",
+        f"data.eval.path={ev}",
+        f"data.preference.path={pref}",
+        "data.eval_preference.path=null",
+    ]
     if eval_pairs:
         sets[-1] = f"data.eval_preference.path={_jsonl(tmp_path / 'evp.jsonl', eval_pairs)}"
     return load_config(TINY, sets + list(overrides))
@@ -123,10 +225,19 @@ LONG = "the quick brown fox jumps over the lazy dog while the cat sleeps in the 
 
 def test_mixture_weights_caps_heldout_categories_dedup_and_refusals(tmp_path):
     other = _jsonl(tmp_path / "other.jsonl", [_row(100 + i, "b") for i in range(10)])
-    refusals = _jsonl(tmp_path / "refusals.jsonl", [_row(200 + i, "safety", "I can't help with that.") for i in range(3)] + [_row(300, "misc")])
+    refusals = _jsonl(
+        tmp_path / "refusals.jsonl",
+        [_row(200 + i, "safety", "I can't help with that.") for i in range(3)] + [_row(300, "misc")],
+    )
     rows = [_row(i, "a" if i % 2 else "held") for i in range(20)] + [_row(1, "a")]  # row 1 twice
-    cfg = _cfg(tmp_path, rows, [_row(999)], f"data.sft=[{{path: {tmp_path / 'sft.jsonl'}}}, {{path: {other}, weight: 0.5}}]",
-               "data.heldout_categories=[held]", f"data.safety={{path: {refusals}, category: safety, fraction: 0.2}}")
+    cfg = _cfg(
+        tmp_path,
+        rows,
+        [_row(999)],
+        f"data.sft=[{{path: {tmp_path / 'sft.jsonl'}}}, {{path: {other}, weight: 0.5}}]",
+        "data.heldout_categories=[held]",
+        f"data.safety={{path: {refusals}, category: safety, fraction: 0.2}}",
+    )
     got, report = data.stage_rows(cfg, "sft")
     cats = [r["category"] for r in got]
     assert "held" not in cats  # held-out categories never reach training
@@ -136,18 +247,29 @@ def test_mixture_weights_caps_heldout_categories_dedup_and_refusals(tmp_path):
     assert cats.count("safety") == report["safety_rows"] == round(0.2 * 15 / 0.8)  # 20% of the final rows
     assert "misc" not in cats
     assert data.seen_categories(cfg) == {"a", "b", "safety"}
-    cfg = _cfg(tmp_path, rows, [_row(999)], f"data.sft=[{{path: {tmp_path / 'sft.jsonl'}, max_rows: 4}}]", "data.dedup=false")
+    cfg = _cfg(
+        tmp_path, rows, [_row(999)], f"data.sft=[{{path: {tmp_path / 'sft.jsonl'}, max_rows: 4}}]", "data.dedup=false"
+    )
     assert len(data.stage_rows(cfg, "sft")[0]) == 4
 
 
 def test_decontamination_exact_and_ngram_against_every_eval_set(tmp_path):
-    train = [_row(1), {"instruction": "TASK number 2!", "input": "", "output": "x", "category": "a"},  # exact (after normalising)
-             {"instruction": "Continue the text.", "input": "", "output": f"Well, {LONG}.", "category": "a"},  # 13-gram
-             _row(4)]
-    evals = [{"instruction": "Task number 2.", "input": "", "output": "y"}, {"instruction": "Finish it.", "input": "", "output": LONG}]
+    train = [
+        _row(1),
+        {"instruction": "TASK number 2!", "input": "", "output": "x", "category": "a"},  # exact (after normalising)
+        {"instruction": "Continue the text.", "input": "", "output": f"Well, {LONG}.", "category": "a"},  # 13-gram
+        _row(4),
+    ]
+    evals = [
+        {"instruction": "Task number 2.", "input": "", "output": "y"},
+        {"instruction": "Finish it.", "input": "", "output": LONG},
+    ]
     pairs = [{"instruction": "Unrelated prompt here.", "chosen": "fine", "rejected": "bad"}]
-    prefs = [{"instruction": "Task number 2.", "chosen": "a", "rejected": "b"}, {"instruction": "Unrelated prompt here.", "chosen": "c", "rejected": "d"},
-             {"instruction": "Keep me.", "chosen": "e", "rejected": "f"}]
+    prefs = [
+        {"instruction": "Task number 2.", "chosen": "a", "rejected": "b"},
+        {"instruction": "Unrelated prompt here.", "chosen": "c", "rejected": "d"},
+        {"instruction": "Keep me.", "chosen": "e", "rejected": "f"},
+    ]
     cfg = _cfg(tmp_path, train, evals, pref_rows=prefs, eval_pairs=pairs)
     got, report = data.stage_rows(cfg, "sft")
     assert [r["instruction"] for r in got] == ["Task number 1.", "Task number 4."]
@@ -157,7 +279,9 @@ def test_decontamination_exact_and_ngram_against_every_eval_set(tmp_path):
     got, report = data.stage_rows(cfg, "preference")  # the preference data against the eval pairs too
     assert [r["instruction"] for r in got] == ["Keep me."]
     assert {p["eval"].rsplit("/", 1)[1] for p in report["decontamination"]["pairs"]} == {"eval.jsonl", "evp.jsonl"}
-    with pytest.raises(data.DataError, match=r"sft.jsonl: line 2: overlaps eval set .*eval.jsonl.*data.decontaminate=remove"):
+    with pytest.raises(
+        data.DataError, match=r"sft.jsonl: line 2: overlaps eval set .*eval.jsonl.*data.decontaminate=remove"
+    ):
         data.stage_rows(load_config(TINY, cfg.overrides + ["data.decontaminate=fail"]), "sft")
     shorter = decontam.find([train[2]], {"e": evals}, n=20)
     assert shorter == []  # the shared run is 18 words: no 20-gram
@@ -180,9 +304,15 @@ def test_format_variation_rate_and_unseen_eval_templates():
     r = rows[1]
     standard = templates.training_prompt("alpaca", r["instruction"], r["input"])
     assert standard == templates.alpaca_prompt(r["instruction"], r["input"])
-    folded = templates.training_prompt("alpaca", r["instruction"], r["input"], variant=2)  # input folded into the instruction
+    folded = templates.training_prompt(
+        "alpaca", r["instruction"], r["input"], variant=2
+    )  # input folded into the instruction
     assert "### Input:" not in folded and "Write word 1.\n\nw1" in folded
-    train_heads = {h for v in templates.VARIANTS for h in v[1:] if h} | {"### Instruction:", "### Input:", "### Response:"}
+    train_heads = {h for v in templates.VARIANTS for h in v[1:] if h} | {
+        "### Instruction:",
+        "### Input:",
+        "### Response:",
+    }
     for name, variant in templates.UNSEEN.items():
         assert not set(h for h in variant[1:] if h) & train_heads, name
         assert templates.unseen_prompt(name, "alpaca", None, "Add.", "1 2").endswith(f"{variant[3]}\n")
@@ -200,18 +330,36 @@ def test_config_sources_as_a_list_and_problems_named_at_once(tmp_path):
     cfg = load_config(TINY, [f"data.sft=[{{path: {good}, weight: 2}}, {{path: {good}, max_rows: 1}}]"])
     assert [s.weight for s in data.sources(cfg.data.sft)] == [2.0, 1.0]
     with pytest.raises(ConfigError) as e:
-        load_config(TINY, [f"data.sft=[{{path: {good}, wieght: 2}}]", "data.preference.format=alpaca", "data.decontaminate=maybe",
-                           "formats.variation=1.5", "data.safety.fraction=0.1", "self_instruct.enabled=true"])
+        load_config(
+            TINY,
+            [
+                f"data.sft=[{{path: {good}, wieght: 2}}]",
+                "data.preference.format=alpaca",
+                "data.decontaminate=maybe",
+                "formats.variation=1.5",
+                "data.safety.fraction=0.1",
+                "self_instruct.enabled=true",
+            ],
+        )
     text = "\n".join(e.value.problems)
-    for part in ("unknown key 'data.sft[0].wieght'", "'data.preference.format' must be auto or one of explicit", "'data.decontaminate'",
-                 "'formats.variation'", "'data.safety.path' is not set", "'self_instruct.seed_tasks' is not set"):
+    for part in (
+        "unknown key 'data.sft[0].wieght'",
+        "'data.preference.format' must be auto or one of explicit",
+        "'data.decontaminate'",
+        "'formats.variation'",
+        "'data.safety.path' is not set",
+        "'self_instruct.seed_tasks' is not set",
+    ):
         assert part in text, part
 
 
 def test_validate_shows_format_and_skipped_counts_and_fails_by_default(tmp_path):
     from conftest import run_cli
 
-    path = _jsonl(tmp_path / "mixed.jsonl", [_row(1), {"instruction": "No answer."}, _row(3), {"instruction": "Typed.", "output": 7}])
+    path = _jsonl(
+        tmp_path / "mixed.jsonl",
+        [_row(1), {"instruction": "No answer."}, _row(3), {"instruction": "Typed.", "output": 7}],
+    )
     proc = run_cli("validate", "configs/tiny.yaml", "--set", f"data.sft.path={path}", "--set", "data.on_bad_rows=skip")
     assert proc.returncode == 0, proc.stderr
     assert f"{path}: 4 rows (sft), format alpaca; kept 2, dropped: 1 missing_field, 1 wrong_type" in proc.stdout

@@ -4,6 +4,7 @@
 import pytest
 
 from alignpipe import data
+
 from conftest import ROOT, run_cli
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -14,7 +15,12 @@ pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent
 EXPECTED = {
     "alpaca_2k.jsonl": ("sft", "alpaca", 2000, 2000),
     "alpaca_heldout_300.jsonl": ("eval", "alpaca", 300, 300),
-    "hh_harmless_1k.jsonl": ("preference", "hh", 1000, 995),  # 3 end with an empty reply, 2 pairs start from different prompts
+    "hh_harmless_1k.jsonl": (
+        "preference",
+        "hh",
+        1000,
+        995,
+    ),  # 3 end with an empty reply, 2 pairs start from different prompts
     "hh_test_300.jsonl": ("preference", "hh", 300, 300),
     "oasst_pairs_messages.jsonl": ("preference", "implicit", 207, 207),
     "sharegpt_dpo_300.json": ("preference", "sharegpt", 300, 300),
@@ -47,13 +53,20 @@ def test_shared_file_loads_with_its_format_detected(name):
 def test_validate_reports_format_and_counts_of_each_real_file(state_dir):
     s = SHARED
     proc = run_cli(
-        "validate", "configs/tiny.yaml",
-        "--set", f"data.sft=[{{path: {s / 'alpaca_2k.jsonl'}}}, {{path: {s / 'selfinstruct_user_oriented_252.jsonl'}, weight: 0.5}}]",
-        "--set", f"data.preference=[{{path: {s / 'hh_harmless_1k.jsonl'}}}, {{path: {s / 'oasst_pairs_messages.jsonl'}}}, {{path: {s / 'sharegpt_dpo_300.json'}}}]",
-        "--set", f"data.eval=[{{path: {s / 'alpaca_heldout_300.jsonl'}}}, {{path: data/eval.jsonl}}]",
-        "--set", f"data.eval_preference=[{{path: {s / 'hh_test_300.jsonl'}}}, {{path: data/eval_preference.jsonl}}]",
-        "--set", f"self_instruct.seed_tasks={s / 'selfinstruct_seed_tasks.jsonl'}",
-        "--set", "data.on_bad_rows=skip",
+        "validate",
+        "configs/tiny.yaml",
+        "--set",
+        f"data.sft=[{{path: {s / 'alpaca_2k.jsonl'}}}, {{path: {s / 'selfinstruct_user_oriented_252.jsonl'}, weight: 0.5}}]",  # noqa: E501
+        "--set",
+        f"data.preference=[{{path: {s / 'hh_harmless_1k.jsonl'}}}, {{path: {s / 'oasst_pairs_messages.jsonl'}}}, {{path: {s / 'sharegpt_dpo_300.json'}}}]",  # noqa: E501
+        "--set",
+        f"data.eval=[{{path: {s / 'alpaca_heldout_300.jsonl'}}}, {{path: data/eval.jsonl}}]",
+        "--set",
+        f"data.eval_preference=[{{path: {s / 'hh_test_300.jsonl'}}}, {{path: data/eval_preference.jsonl}}]",
+        "--set",
+        f"self_instruct.seed_tasks={s / 'selfinstruct_seed_tasks.jsonl'}",
+        "--set",
+        "data.on_bad_rows=skip",
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -5,6 +5,7 @@ point; and the PostgreSQL init script, run for real on a private cluster."""
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import shlex
@@ -13,16 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import tomllib
 import yaml
 
-from alignpipe.config import load_config
+from alignpipe.core.recipe import load_config
+
 from conftest import ROOT
 from test_postgres import postgres  # noqa: F401  (the private PostgreSQL cluster fixture)
 
@@ -57,8 +59,9 @@ def env(service) -> dict[str, str]:
 
 def dockerfile(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
-    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1]) for l in text.splitlines() if l.strip()]
+    kept = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(kept))
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in text.splitlines() if ln.strip()]
 
 
 def built_from(service) -> tuple[Path, Path]:
@@ -76,13 +79,17 @@ def test_four_services_with_official_images(compose):
     assert prefect_tag.startswith("prefecthq/prefect:3.")
     server = prefect_tag.split(":")[1].split("-")[0]
     client = importlib.metadata.version("prefect")
-    assert server.split(".")[:2] == client.split(".")[:2], f"Prefect server {server} vs client {client}: keep them on one minor"
+    assert server.split(".")[:2] == client.split(".")[:2], (
+        f"Prefect server {server} vs client {client}: keep them on one minor"
+    )
     # MLflow: the official image, extended by a docker/ Dockerfile with the PostgreSQL driver
     _, mlflow_file = built_from(services["mlflow"])
     assert mlflow_file.parent == DOCKER and mlflow_file.is_file()
     (base,) = [args for ins, args in dockerfile(mlflow_file) if ins == "FROM"]
     assert base == f"ghcr.io/mlflow/mlflow:v{importlib.metadata.version('mlflow')}", "server image = the pinned MLflow"
-    psycopg_pin = next(l for l in (ROOT / "constraints.txt").read_text().splitlines() if l.startswith("psycopg2-binary=="))
+    psycopg_pin = next(
+        ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln.startswith("psycopg2-binary==")
+    )
     assert any(ins == "RUN" and psycopg_pin in args for ins, args in dockerfile(mlflow_file))
     context, pipeline_file = built_from(services["pipeline"])
     assert context == ROOT and pipeline_file == DOCKER / "Dockerfile"
@@ -101,7 +108,10 @@ def test_both_servers_use_the_postgres_service(compose):
     prefect_url = urlsplit(env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"])
     mlflow_cmd = argv(services["mlflow"]["command"])
     mlflow_url = urlsplit(mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1])
-    for url, driver, db in ((prefect_url, "postgresql+asyncpg", "prefect"), (mlflow_url, "postgresql+psycopg2", "mlflow")):
+    for url, driver, db in (
+        (prefect_url, "postgresql+asyncpg", "prefect"),
+        (mlflow_url, "postgresql+psycopg2", "mlflow"),
+    ):
         assert url.scheme == driver
         assert (url.hostname, url.port, url.path) == ("postgres", 5432, f"/{db}")
         assert (url.username, url.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
@@ -152,12 +162,16 @@ def test_every_volume_is_declared(compose):
 
 
 def test_pipeline_runs_the_serve_module(compose):
-    cmd = argv(compose["services"]["pipeline"].get("entrypoint")) + argv(compose["services"]["pipeline"].get("command"))
+    cmd = argv(compose["services"]["pipeline"].get("entrypoint")) + argv(
+        compose["services"]["pipeline"].get("command")
+    )
     assert cmd[:2] == ["python", "-m"]
     module = cmd[2]
-    assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), f"{module}: no such module in the repo"
+    spec = importlib.util.find_spec(module)
+    assert spec and spec.origin, f"{module}: no such module in the package"
+    folder = Path(spec.origin).relative_to(ROOT).parts[0]  # alignpipe.flows lives in flows/ (pyproject package-dir)
     copied = [args.split()[0] for ins, args in dockerfile(DOCKER / "Dockerfile") if ins == "COPY"]
-    assert module.split(".")[0] in copied, f"the image does not contain {module.split('.')[0]}/"
+    assert folder in copied, f"the image does not contain {folder}/"
 
 
 def test_mlflow_command_is_a_valid_mlflow_server_call(compose):
@@ -190,7 +204,7 @@ def test_dockerfile_sources_and_entry_point():
             for s in sources:
                 assert (ROOT / s).exists(), f"COPY {s}: not in the repo"
     runs = " ".join(args for ins, args in steps if ins == "RUN")
-    torch_pin = next(l for l in (ROOT / "constraints.txt").read_text().splitlines() if l.startswith("torch=="))
+    torch_pin = next(ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln.startswith("torch=="))
     assert torch_pin in runs and "constraints.txt" in runs, "the image installs the locked stack"
     entry = {ins: yaml.safe_load(args) for ins, args in steps if ins in ("ENTRYPOINT", "CMD")}  # JSON arrays
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -209,8 +223,12 @@ def databases(postgres):  # noqa: F811
     from test_postgres import _pg_bin
 
     admin = postgres("postgres").replace("postgresql+psycopg2", "postgresql")
-    done = subprocess.run([str(_pg_bin() / "psql"), admin, "-v", "ON_ERROR_STOP=1", "-f", str(DOCKER / "postgres-init.sql")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(_pg_bin() / "psql"), admin, "-v", "ON_ERROR_STOP=1", "-f", str(DOCKER / "postgres-init.sql")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return admin
 
@@ -232,7 +250,9 @@ def _local(url: str, databases: str) -> str:
 
 
 def _start(cmd, env, log):
-    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc):
@@ -270,12 +290,18 @@ def test_compose_servers_run_on_postgresql(compose, databases, tmp_path):
     mlflow_port, prefect_port = _free_ports(2)
     cmd = argv(services["mlflow"]["command"])
     cmd[0] = str(bin_dir / "mlflow")
-    for flag, value in (("--backend-store-uri", _local(cmd[cmd.index("--backend-store-uri") + 1], databases)),
-                        ("--artifacts-destination", str(tmp_path / "mlartifacts")), ("--host", "127.0.0.1"), ("--port", str(mlflow_port))):
+    for flag, value in (
+        ("--backend-store-uri", _local(cmd[cmd.index("--backend-store-uri") + 1], databases)),
+        ("--artifacts-destination", str(tmp_path / "mlartifacts")),
+        ("--host", "127.0.0.1"),
+        ("--port", str(mlflow_port)),
+    ):
         cmd[cmd.index(flag) + 1] = value
     mlflow_log = tmp_path / "mlflow.log"
     prefect_env = {k: v for k, v in env(services["prefect-server"]).items()}
-    prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = _local(prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"], databases)
+    prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = _local(
+        prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"], databases
+    )
     prefect_env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     pcmd = argv(services["prefect-server"]["command"])
     pcmd[0] = str(bin_dir / "prefect")
@@ -285,12 +311,22 @@ def test_compose_servers_run_on_postgresql(compose, databases, tmp_path):
         mlflow_proc = _start(cmd, {}, ml)
         prefect_proc = _start(pcmd, prefect_env, pl)
         try:
-            _wait_healthy(argv(services["mlflow"]["healthcheck"]["test"]), "5000", mlflow_port, mlflow_proc, mlflow_log)
-            _wait_healthy(argv(services["prefect-server"]["healthcheck"]["test"]), "4200", prefect_port, prefect_proc, prefect_log)
+            _wait_healthy(
+                argv(services["mlflow"]["healthcheck"]["test"]), "5000", mlflow_port, mlflow_proc, mlflow_log
+            )
+            _wait_healthy(
+                argv(services["prefect-server"]["healthcheck"]["test"]),
+                "4200",
+                prefect_port,
+                prefect_proc,
+                prefect_log,
+            )
             # MLflow answers the pipeline's Host header (mlflow:5000) and refuses unknown ones
             for host, code in (("mlflow:5000", 200), ("elsewhere:5000", 403)):
-                req = urllib.request.Request(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1",
-                                             headers={"Host": host})  # /health is exempt from the Host check
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1",
+                    headers={"Host": host},
+                )  # /health is exempt from the Host check
                 try:
                     status = urllib.request.urlopen(req, timeout=10).status
                 except urllib.error.HTTPError as e:
@@ -305,7 +341,9 @@ def test_compose_servers_run_on_postgresql(compose, databases, tmp_path):
                 cur.execute("SELECT count(*) FROM runs")
                 assert cur.fetchone()[0] == 1
             with psycopg2.connect(databases.rsplit("/", 1)[0] + "/prefect") as conn, conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('flow_run', 'deployment')")
+                cur.execute(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('flow_run', 'deployment')"
+                )
                 assert cur.fetchone()[0] == 2, "Prefect migrated its schema into the prefect database"
         finally:
             _stop(prefect_proc)
@@ -328,6 +366,8 @@ def test_tracking_uri_from_the_environment(compose, monkeypatch):
     server = env(compose["services"]["pipeline"])["MLFLOW_TRACKING_URI"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     assert load_config(ROOT / "configs" / "tiny.yaml").tracking_uri == server
-    assert load_config(ROOT / "configs" / "tiny.yaml", ["tracking.uri=sqlite:///x.db"]).tracking_uri == "sqlite:///x.db"
+    assert (
+        load_config(ROOT / "configs" / "tiny.yaml", ["tracking.uri=sqlite:///x.db"]).tracking_uri == "sqlite:///x.db"
+    )
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert load_config(ROOT / "configs" / "tiny.yaml").tracking_uri.startswith("sqlite:///")

@@ -2,9 +2,10 @@
 
 import pytest
 
-from alignpipe.config import ConfigError, load_config
-from alignpipe.promote import verdict
-from flows.pipeline import stage_key
+from alignpipe.core.errors import ConfigError
+from alignpipe.core.recipe import load_config
+from alignpipe.evaluation.promote import verdict
+from alignpipe.flows.pipeline import stage_key
 
 
 def _key(cfg, stage, inputs=None):
@@ -41,7 +42,7 @@ def test_cache_key_follows_data_content_and_upstream_model_files(tmp_path):
 
 
 def test_deployments_full_and_sft_only_with_an_optional_retrain_schedule():
-    from flows.serve import deployments
+    from alignpipe.flows.serve import deployments
 
     full, sft_only = deployments("configs/tiny.yaml")
     assert (full.name, sft_only.name) == ("full", "sft-only")
@@ -53,8 +54,10 @@ def test_deployments_full_and_sft_only_with_an_optional_retrain_schedule():
 
 def test_bad_orchestration_values_are_reported_together():
     with pytest.raises(ConfigError) as e:
-        load_config("configs/tiny.yaml", ["orchestration.retrain_cron=every sunday", "orchestration.sft.retries=-1",
-                                          "promote.tolerance=-0.1"])
+        load_config(
+            "configs/tiny.yaml",
+            ["orchestration.retrain_cron=every sunday", "orchestration.sft.retries=-1", "promote.tolerance=-0.1"],
+        )
     text = "\n".join(e.value.problems)
     assert "'orchestration.retrain_cron' is not a valid cron string" in text
     assert "'orchestration.sft.retries' must be >= 0" in text and "'promote.tolerance' must be >= 0" in text
@@ -64,8 +67,10 @@ def test_gate_respects_metric_direction_and_tolerance():
     """The gate reads the paired differences' intervals (tests/test_stats.py covers the rule in depth)."""
     cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]", "promote.tolerance=0"])
     metrics = {"sft": {"acc_seen": 0.30, "over_refusal": 0.02}, "dpo": {"acc_seen": 0.33, "over_refusal": 0.03}}
-    diffs = {"acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
-             "over_refusal": {"delta": 0.01, "lo": -0.005, "hi": 0.015, "direction": -1, "verdict": "tied"}}
+    diffs = {
+        "acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
+        "over_refusal": {"delta": 0.01, "lo": -0.005, "hi": 0.015, "direction": -1, "verdict": "tied"},
+    }
     evaluation = {"metrics": metrics, "comparisons": {"dpo_vs_sft": diffs}, "seeds": [42]}
     v = verdict(cfg, "dpo", evaluation)
     assert not v["passed"] and [c["passed"] for c in v["checks"]] == [True, False]  # over_refusal: lower is better
@@ -74,4 +79,7 @@ def test_gate_respects_metric_direction_and_tolerance():
     cfg = load_config("configs/tiny.yaml", ["promote.metrics=[no_such_metric]"])
     assert verdict(cfg, "dpo", evaluation)["checks"][0]["why"] == "not measured"
     only_sft = {"metrics": {"base": {"acc_seen": 0.01}, "sft": {"acc_seen": 0.3}}, "comparisons": {}}
-    assert verdict(load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen]"]), "sft", only_sft)["baseline"] == "base"
+    assert (
+        verdict(load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen]"]), "sft", only_sft)["baseline"]
+        == "base"
+    )

@@ -7,12 +7,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignpipe import models
-from alignpipe.config import Candidate, ModelSection, PipelineConfig, TinySpec
+from alignpipe.core.config import Candidate, ModelSection, PipelineConfig, TinySpec
+from alignpipe.training import models
 
 # Very small on purpose; one tokenizer (same vocab_size) is shared by every build in this module.
-SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, vocab_size=512,
-             pretrain_batch_size=4, pretrain_block_size=64)
+SMALL = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    vocab_size=512,
+    pretrain_batch_size=4,
+    pretrain_block_size=64,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +44,16 @@ def model(built):
 
 def test_model_dir_contents(built):
     names = {p.name for p in built.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "alignpipe_tiny.json"} <= names
-    has_template = "chat_template.jinja" in names or "chat_template" in json.loads((built / "tokenizer_config.json").read_text())
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "alignpipe_tiny.json",
+    } <= names
+    has_template = "chat_template.jinja" in names or "chat_template" in json.loads(
+        (built / "tokenizer_config.json").read_text()
+    )
     assert has_template, names
     assert not [n for n in names if n.endswith((".bin", ".pt"))]  # safetensors only
     assert not list(built.parent.glob(".*.tmp"))  # the atomic build left no temp dir
@@ -87,8 +102,9 @@ def test_other_spec_builds_elsewhere(root, built):
     m = AutoModelForCausalLM.from_pretrained(other)
     assert m.config.model_type == "qwen2"
     tok = AutoTokenizer.from_pretrained(other)
-    assert tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
-                                   tokenize=False).endswith("<|im_start|>assistant\n")
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+    ).endswith("<|im_start|>assistant\n")
 
 
 def test_pretraining_lowers_loss(root):

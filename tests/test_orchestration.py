@@ -51,8 +51,14 @@ def servers(tmp_path_factory):
 def deployment_run(servers, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, str]:
     """`prefect deployment run pipeline/NAME --params ... --watch`, as a user types it."""
     params = json.dumps({"overrides": overrides})
-    proc = subprocess.run([str(PREFECT), "deployment", "run", f"pipeline/{name}", "--params", params, "--watch"],
-                          cwd=ROOT, env={**os.environ, **servers["env"]}, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(PREFECT), "deployment", "run", f"pipeline/{name}", "--params", params, "--watch"],
+        cwd=ROOT,
+        env={**os.environ, **servers["env"]},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     found = re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout)
     return proc, found.group(1) if found else ""
 
@@ -88,22 +94,38 @@ def test_full_deployment_records_the_lineage_from_metric_to_data(servers, full_r
     # Walk back from an evaluation metric to the data, the base model and the config.
     evaluate = children["evaluate"]
     assert "dpo/acc_seen" in evaluate.data.metrics
-    scored = {client.get_logged_model(m.model_id).name: client.get_logged_model(m.model_id) for m in evaluate.inputs.model_inputs}
+    scored = {
+        client.get_logged_model(m.model_id).name: client.get_logged_model(m.model_id)
+        for m in evaluate.inputs.model_inputs
+    }
     assert {"sft", "dpo"} <= set(scored) and len(scored) == 3
     dpo_run = client.get_run(scored["dpo"].source_run_id)
     assert dpo_run.info.run_id == children["dpo"].info.run_id
     reference = client.get_logged_model(dpo_run.inputs.model_inputs[0].model_id)
-    assert reference.model_id == scored["sft"].model_id and dpo_run.data.tags["alignpipe.input_model.reference"] == reference.model_id
+    assert (
+        reference.model_id == scored["sft"].model_id
+        and dpo_run.data.tags["alignpipe.input_model.reference"] == reference.model_id
+    )
     sft_run = client.get_run(reference.source_run_id)
     (train,) = [d for d in sft_run.inputs.dataset_inputs if any(t.value == "train" for t in d.tags)]
     sha = {t.key: t.value for t in train.tags}["sha256"]
-    assert sha == subprocess.run(["sha256sum", str(ROOT / "data" / "sft.jsonl")], capture_output=True, text=True).stdout.split()[0]
+    assert (
+        sha
+        == subprocess.run(
+            ["sha256sum", str(ROOT / "data" / "sft.jsonl")], capture_output=True, text=True
+        ).stdout.split()[0]
+    )
     base = client.get_logged_model(sft_run.inputs.model_inputs[0].model_id)
     selected = json.loads(Path(client.download_artifacts(children["select"].info.run_id, "result.json")).read_text())
-    assert base.tags["alignpipe.model_path"] == selected["model_path"]
+    assert base.tags["alignpipe.model_path"] == selected.model_path
     config = json.loads(Path(client.download_artifacts(sft_run.info.run_id, "config.json")).read_text())
     assert config["sft"]["trl"]["max_steps"] == 20
-    assert json.loads(Path(client.download_artifacts(sft_run.info.run_id, "environment.json")).read_text())["packages"]["trl"] == "1.12.0"
+    assert (
+        json.loads(Path(client.download_artifacts(sft_run.info.run_id, "environment.json")).read_text())["packages"][
+            "trl"
+        ]
+        == "1.12.0"
+    )
     # The produced models carry their files; the gate's verdict is on the parent run.
     assert any(a.path == "model.safetensors" for a in client.list_logged_model_artifacts(scored["dpo"].model_id))
     gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
@@ -117,7 +139,9 @@ def test_unchanged_rerun_skips_every_stage(servers, full_run):
     proc, flow_run_id = deployment_run(servers, "full", FAST)
     assert proc.returncode == 0, proc.stdout[-3000:]
     parent = parent_of_flow_run("tiny", flow_run_id)
-    assert all(parent.data.tags[f"alignpipe.cached.{s}"] == "true" for s in ("select", "sft", "preference", "evaluate"))
+    assert all(
+        parent.data.tags[f"alignpipe.cached.{s}"] == "true" for s in ("select", "sft", "preference", "evaluate")
+    )
     new = [r.info.run_name for r in runs_of("tiny")[before:]]
     assert sorted(new) == ["compare", "pipeline"]  # no stage ran again
     first = parent_of_flow_run("tiny", full_run)
@@ -148,7 +172,9 @@ def test_failed_stage_keeps_earlier_runs_and_artifacts(servers, tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    proc, flow_run_id = deployment_run(servers, "full", FAST + ["experiment=failing", f"preference.model_path={broken}"])
+    proc, flow_run_id = deployment_run(
+        servers, "full", FAST + ["experiment=failing", f"preference.model_path={broken}"]
+    )
     assert proc.returncode != 0 and "Failed" in proc.stdout
     parent = parent_of_flow_run("failing", flow_run_id)
     assert parent.info.status == "FAILED"
@@ -169,10 +195,21 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
     """`alignpipe run` (the same flow, on a temporary Prefect server) killed with SIGKILL part-way
     through SFT, as when a machine is lost; the next run picks up from the last checkpoint."""
     home = tmp_path / "state"
-    args = ["run", "configs/tiny.yaml", "--set", "sft.max_steps=40", "--set", "sft.save_steps=10", "--set", "preference.max_steps=2"]
+    args = [
+        "run",
+        "configs/tiny.yaml",
+        "--set",
+        "sft.max_steps=40",
+        "--set",
+        "sft.save_steps=10",
+        "--set",
+        "preference.max_steps=2",
+    ]
     env = {**os.environ, "ALIGNPIPE_HOME": str(home)}
     cmd = [str(ROOT / ".venv" / "bin" / "alignpipe"), *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 600
         while not list(home.glob("runs/tiny/sft-*/checkpoints/checkpoint-10/trainer_state.json")):
@@ -186,7 +223,12 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert re.search(r"sft: resuming from .*checkpoint-(10|20|30)", again.stdout + again.stderr)
     (model,) = home.glob("runs/tiny/sft-*/model")
-    state = json.loads(max(model.parent.glob("checkpoints/checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    state = json.loads(
+        max(
+            model.parent.glob("checkpoints/checkpoint-*/trainer_state.json"),
+            key=lambda p: int(p.parent.name.split("-")[1]),
+        ).read_text()
+    )
     assert state["global_step"] == 40
 
 
@@ -199,12 +241,21 @@ def test_ppo_path_through_the_deployment_records_reward_model_lineage(servers, f
     parent = parent_of_flow_run("tiny", flow_run_id)
     runs = {r.info.run_name: client.get_run(r.info.run_id) for r in runs_of("tiny", parent.info.run_id)}
     assert {"reward", "ppo", "evaluate"} <= set(runs) and parent.data.tags["alignpipe.cached.sft"] == "true"
-    reward_model = next(m for m in mlflow.search_logged_models(experiment_ids=[runs["reward"].info.experiment_id], output_format="list")
-                        if m.source_run_id == runs["reward"].info.run_id)
+    reward_model = next(
+        m
+        for m in mlflow.search_logged_models(experiment_ids=[runs["reward"].info.experiment_id], output_format="list")
+        if m.source_run_id == runs["reward"].info.run_id
+    )
     ppo_inputs = {m.model_id for m in runs["ppo"].inputs.model_inputs}
-    assert reward_model.model_id in ppo_inputs and runs["ppo"].data.tags["alignpipe.input_model.reward"] == reward_model.model_id
+    assert (
+        reward_model.model_id in ppo_inputs
+        and runs["ppo"].data.tags["alignpipe.input_model.reward"] == reward_model.model_id
+    )
     assert {"objective_kl", "objective_scores", "loss_policy_avg", "loss_value_avg"} <= set(runs["ppo"].data.metrics)
     evaluate = runs["evaluate"]
-    assert "ppo/rm_win_rate" in evaluate.data.metrics and evaluate.data.tags["alignpipe.input_model.judge"] == reward_model.model_id
+    assert (
+        "ppo/rm_win_rate" in evaluate.data.metrics
+        and evaluate.data.tags["alignpipe.input_model.judge"] == reward_model.model_id
+    )
     table = Path(client.download_artifacts(runs["compare"].info.run_id, "comparison.txt")).read_text()
     assert table.splitlines()[0].split()[:5] == ["metric", "base", "sft-only", "dpo", "ppo"]

@@ -23,7 +23,10 @@ def _pg_bin() -> Path | None:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).resolve().parent
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0)
+    dirs = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0,
+    )
     return Path(dirs[-1]) if dirs else None
 
 
@@ -59,11 +62,30 @@ def postgres():
     data, port = root / "data", _free_port()
 
     def pg(*args):
-        return subprocess.run([str(bindir / args[0]), *args[1:]], check=True, capture_output=True, text=True, timeout=120, cwd=root, **as_owner)
+        return subprocess.run(
+            [str(bindir / args[0]), *args[1:]],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=root,
+            **as_owner,
+        )
 
     pg("initdb", "-D", str(data), "-U", "alignpipe", "-A", "trust", "--no-sync", "-E", "UTF8")
-    pg("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
-       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+    pg(
+        "pg_ctl",
+        "-D",
+        str(data),
+        "-l",
+        str(root / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "start",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+    )
     try:
         yield lambda db: f"postgresql+psycopg2://alignpipe@127.0.0.1:{port}/{db}"
     finally:
@@ -84,7 +106,13 @@ def create_database(url: str, name: str) -> str:
 
 def test_stage_tracked_in_postgresql(postgres, state_dir):
     uri = create_database(postgres("postgres"), "mlflow_select")
-    done = run_cli("stage", "select", "configs/tiny.yaml", *[x for s in QUICK + [f"tracking.uri={uri}"] for x in ("--set", s)], timeout=300)
+    done = run_cli(
+        "stage",
+        "select",
+        "configs/tiny.yaml",
+        *[x for s in QUICK + [f"tracking.uri={uri}"] for x in ("--set", s)],
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"MLflow: {uri}" in done.stdout
     assert not (state_dir / "mlflow.db").exists(), "the sqlite default must not be used when tracking.uri is set"

@@ -12,9 +12,18 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
-FAST = [f"model.candidates=[{{name: small, tiny: {SMALL}}}]", "select.perplexity_rows=16", "select.generation_rows=8",
-        "sft.max_steps=8", "sft.save_steps=4", "preference.max_steps=4", "preference.save_steps=2",
-        "preference.per_device_train_batch_size=8", "evaluate.max_new_tokens=8", "evaluate.num_samples=4"]
+FAST = [
+    f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+    "select.perplexity_rows=16",
+    "select.generation_rows=8",
+    "sft.max_steps=8",
+    "sft.save_steps=4",
+    "preference.max_steps=4",
+    "preference.save_steps=2",
+    "preference.per_device_train_batch_size=8",
+    "evaluate.max_new_tokens=8",
+    "evaluate.num_samples=4",
+]
 
 
 def _run(state, *extra):
@@ -24,7 +33,9 @@ def _run(state, *extra):
 
 def _runs(state, name):
     mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=["tiny"], filter_string=f"attributes.run_name = '{name}'", output_format="list")
+    return mlflow.search_runs(
+        experiment_names=["tiny"], filter_string=f"attributes.run_name = '{name}'", output_format="list"
+    )
 
 
 def test_seeds_train_each_seed_and_report_the_group(tmp_path):
@@ -34,14 +45,23 @@ def test_seeds_train_each_seed_and_report_the_group(tmp_path):
     out = proc.stdout
     assert "Error encountered" not in proc.stderr + out  # e.g. a cache key that cannot digest a seed group
     assert "2 seed(s) [42, 43]" in out and "dpo vs sft: " in out and "gate: " in out and "2 seeds" in out
-    comparison = out[out.index("Comparison from MLflow"):].splitlines()
-    assert comparison[1].split()[:6] == ["metric", "base", "sft-only", "(2", "seeds)", "dpo"]  # base: not trained per seed
+    comparison = out[out.index("Comparison from MLflow") :].splitlines()
+    assert comparison[1].split()[:6] == [
+        "metric",
+        "base",
+        "sft-only",
+        "(2",
+        "seeds)",
+        "dpo",
+    ]  # base: not trained per seed
 
     parent = _runs(state, "pipeline")[0]
     for stage in ("sft", "dpo"):
         runs = _runs(state, stage)
         assert sorted(r.data.params["seed"] for r in runs) == ["42", "43"], stage
-        assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in runs)
+        assert all(
+            r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in runs
+        )
 
     evaluate = _runs(state, "evaluate")[0]
     assert evaluate.data.params["n_seeds"] == "2"

@@ -7,11 +7,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from alignpipe import models
-from alignpipe.config import load_config
+from alignpipe.core.recipe import load_config
+from alignpipe.stages import self_instruct as si
+from alignpipe.stages.sft import run_sft
+from alignpipe.training import models
+
 from conftest import ROOT
-from stages import self_instruct as si
-from stages.sft import run_sft
 
 SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
 
@@ -53,24 +54,45 @@ def cfg(tmp_path_factory):
     for r in rows:
         if r["instruction"] not in seen:
             seen.add(r["instruction"])
-            tasks.append({"id": f"seed_task_{len(tasks)}", "name": r["category"], "instruction": r["instruction"],
-                          "instances": [{"input": r["input"], "output": r["output"]}], "is_classification": False})
+            tasks.append(
+                {
+                    "id": f"seed_task_{len(tasks)}",
+                    "name": r["category"],
+                    "instruction": r["instruction"],
+                    "instances": [{"input": r["input"], "output": r["output"]}],
+                    "is_classification": False,
+                }
+            )
     seeds.write_text("".join(json.dumps(t) + "\n" for t in tasks[:24]))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNPIPE_HOME", str(root / "state"))
-        yield load_config(ROOT / "configs" / "tiny.yaml", [
-            f"model.candidates=[{{name: small, tiny: {SMALL}}}]", f"self_instruct.seed_tasks={seeds}", "self_instruct.enabled=true",
-            "self_instruct.rounds=2", "self_instruct.prompts_per_round=6", "self_instruct.max_new_tokens=40", "self_instruct.min_words=2",
-            "sft.max_steps=2", "sft.save_steps=2", "sft.logging_steps=1", "formats.variation=0.5",  # SFT also trains on varied formats
-        ])
+        yield load_config(
+            ROOT / "configs" / "tiny.yaml",
+            [
+                f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+                f"self_instruct.seed_tasks={seeds}",
+                "self_instruct.enabled=true",
+                "self_instruct.rounds=2",
+                "self_instruct.prompts_per_round=6",
+                "self_instruct.max_new_tokens=40",
+                "self_instruct.min_words=2",
+                "sft.max_steps=2",
+                "sft.save_steps=2",
+                "sft.logging_steps=1",
+                "formats.variation=0.5",  # SFT also trains on varied formats
+            ],
+        )
 
 
 @pytest.mark.slow
 def test_self_instruct_run_writes_rows_with_provenance_and_sft_mixes_them_in(cfg):
     base = models.resolve(cfg.model.candidates[0], cfg)
     result = si.run_self_instruct(cfg, base)
-    m = result["metrics"]
-    assert m["proposed"] == m["filtered_length"] + m["filtered_format"] + m["filtered_rouge"] + m["filtered_instance"] + m["kept"]
+    m = result.metrics
+    assert (
+        m["proposed"]
+        == m["filtered_length"] + m["filtered_format"] + m["filtered_rouge"] + m["filtered_instance"] + m["kept"]
+    )
     rows = [json.loads(line) for line in open(result["data_path"])]
     assert len(rows) == m["kept"]
     seeds = [json.loads(line)["instruction"] for line in open(cfg.self_instruct.seed_tasks)]
@@ -79,17 +101,28 @@ def test_self_instruct_run_writes_rows_with_provenance_and_sft_mixes_them_in(cfg
         assert max(si.rouge_l(r["instruction"], s) for s in seeds) < 0.7
     assert json.loads((cfg.run_dir / "self_instruct.json").read_text())["run_id"] == result["run_id"]
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    run = mlflow.get_run(result["run_id"])
+    run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["kept"] == m["kept"]
 
     # SFT takes the generated file as one more source (here possibly empty: a tiny model writes poorly)
-    generated = result["data_path"]
+    generated = result.data_path
     if not rows:  # give SFT a generated file to mix in either way
         generated = str(cfg.run_dir / "generated.jsonl")
-        (cfg.run_dir / "generated.jsonl").write_text(json.dumps({"instruction": "Name a red fruit.", "input": "", "output": "apple",
-                                                                  "category": "self_instruct", "round": 1}) + "\n")
+        (cfg.run_dir / "generated.jsonl").write_text(
+            json.dumps(
+                {
+                    "instruction": "Name a red fruit.",
+                    "input": "",
+                    "output": "apple",
+                    "category": "self_instruct",
+                    "round": 1,
+                }
+            )
+            + "\n"
+        )
     sft = run_sft(cfg, base, generated_data=generated)
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=sft["run_id"], artifact_path="data_report.json")).read_text())
+    report = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=sft["run_id"], artifact_path="data_report.json")).read_text()
+    )
     assert [s["path"] for s in report["sources"]][-1] == generated
-    assert mlflow.get_run(sft["run_id"]).data.params["generated_data"] == generated
-
+    assert mlflow.get_run(sft.run_id).data.params["generated_data"] == generated

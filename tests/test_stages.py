@@ -10,14 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from alignpipe.config import load_config
+from alignpipe.core.recipe import load_config
+from alignpipe.evaluation.stats import HEADLINE
+from alignpipe.flows.runner import resolve_inputs, run_stage
+from alignpipe.stages.evaluate import run_evaluate
+from alignpipe.stages.offline import run_offline
+from alignpipe.stages.select import run_select
+from alignpipe.stages.sft import run_sft
+
 from conftest import ROOT
-from flows.pipeline import run_stage
-from stages.dpo import run_dpo
-from alignpipe.stats import HEADLINE
-from stages.evaluate import run_evaluate
-from stages.select import run_select
-from stages.sft import run_sft
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +54,12 @@ def selected(cfg):
 
 @pytest.fixture(scope="module")
 def sft(cfg, selected):
-    return run_sft(cfg, selected["model_path"])
+    return run_sft(cfg, selected.model_path)
 
 
 @pytest.fixture(scope="module")
 def dpo(cfg, sft):
-    return run_dpo(cfg, sft["model_path"], sft["template"])
+    return run_offline(cfg, sft.model_path, sft.template)
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -76,16 +77,19 @@ def run_of(cfg, run_id):
 
 
 def test_select_ranks_candidates_and_says_why(cfg, selected):
-    ranking = {r["name"]: r for r in selected["ranking"]}
+    ranking = {r["name"]: r for r in selected.details["ranking"]}
     assert set(ranking) == {"small", "smaller"}
     for r in ranking.values():
         assert r["within_budget"] and math.isfinite(r["perplexity"]) and 0 <= r["generation_f1"] <= 1
     best = min(ranking.values(), key=lambda r: r["perplexity"])
-    assert selected["candidate"] == best["name"] or best["perplexity"] * (1 + cfg.select.tie_tolerance) >= ranking[selected["candidate"]]["perplexity"]
-    assert "lowest held-out response perplexity" in selected["reason"]
-    run = run_of(cfg, selected["run_id"])
+    assert (
+        selected.details["candidate"] == best["name"]
+        or best["perplexity"] * (1 + cfg.select.tie_tolerance) >= ranking[selected.details["candidate"]]["perplexity"]
+    )
+    assert "lowest held-out response perplexity" in selected.details["reason"]
+    run = run_of(cfg, selected.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["alignpipe.selected"] == selected["candidate"]
+    assert run.data.tags["alignpipe.selected"] == selected.details["candidate"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"ranking.json", "config.json", "environment.json", "result.json"} <= artifacts
 
@@ -94,27 +98,27 @@ def test_select_respects_the_budget(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
     small_only = load_config(ROOT / "configs" / "tiny.yaml", FAST + ["model.max_params=150000"])
     result = run_select(small_only)
-    over = [r for r in result["ranking"] if not r["within_budget"]]
-    assert [r["name"] for r in over] == ["small"] and result["candidate"] == "smaller"
+    over = [r for r in result.details["ranking"] if not r["within_budget"]]
+    assert [r["name"] for r in over] == ["small"] and result.details["candidate"] == "smaller"
 
 
 def test_sft_trains_the_selected_model(cfg, selected, sft):
-    changed = moved(weights(selected["model_path"]), weights(sft["model_path"]))
+    changed = moved(weights(selected.model_path), weights(sft.model_path))
     assert changed, "SFT left every weight unchanged"
-    m = sft["metrics"]
+    m = sft.metrics
     assert m["global_step"] == 12 and math.isfinite(m["train_loss"]) and math.isfinite(m["eval_loss"])
-    run = run_of(cfg, sft["run_id"])
+    run = run_of(cfg, sft.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["sft.trl.max_steps"] == "12"
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert len(history) >= 2, "per-step training loss was not logged"
-    assert list((Path(sft["model_path"]).parent / "checkpoints").glob("checkpoint-*")), "no checkpoint kept"
+    assert list((Path(sft.model_path).parent / "checkpoints").glob("checkpoint-*")), "no checkpoint kept"
 
 
 def test_dpo_trains_from_sft_and_logs_rewards(cfg, sft, dpo):
-    assert dpo["reference_model"] == sft["model_path"]
-    assert moved(weights(sft["model_path"]), weights(dpo["model_path"])), "DPO left every weight unchanged"
-    run = run_of(cfg, dpo["run_id"])
+    assert dpo.lineage["reference_model"] == sft.model_path
+    assert moved(weights(sft.model_path), weights(dpo.model_path)), "DPO left every weight unchanged"
+    run = run_of(cfg, dpo.run_id)
     assert run.info.status == "FINISHED"
     for key in ("rewards_accuracies", "rewards_margins", "eval_rewards_accuracies", "eval_rewards_margins"):
         assert key in run.data.metrics, key
@@ -122,28 +126,36 @@ def test_dpo_trains_from_sft_and_logs_rewards(cfg, sft, dpo):
 
 
 def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):
-    paths = {"base": selected["model_path"], "sft": sft["model_path"], "dpo": dpo["model_path"]}
-    result = run_evaluate(cfg, paths, sft["template"])
-    assert set(result["metrics"]) == {"base", "sft", "dpo"}
-    for name, m in result["metrics"].items():
+    paths = {"base": selected.model_path, "sft": sft.model_path, "dpo": dpo.model_path}
+    result = run_evaluate(cfg, paths, sft.template)
+    assert set(result.metrics) == {"base", "sft", "dpo"}
+    for name, m in result.metrics.items():
         assert set(HEADLINE) <= set(m), (name, m)
         for k in ("acc_seen", "acc_heldout", "pref_accuracy", "refusal_rate", "over_refusal"):
             assert 0.0 <= m[k] <= 1.0, (name, k, m[k])
         assert math.isfinite(m["heldout_loss"]) and m["heldout_loss"] > 0
     # The SFT model is the reference: its implicit DPO reward is zero by definition.
-    assert result["metrics"]["sft"]["reward_margin"] == 0
-    assert "lowercase" in result["per_category"]["sft"] and "uppercase" in result["per_category"]["sft"]
+    assert result.metrics["sft"]["reward_margin"] == 0
+    assert (
+        "lowercase" in result.details["per_category"]["sft"] and "uppercase" in result.details["per_category"]["sft"]
+    )
     # Every headline metric has a 95% interval around it, every later model a paired difference.
-    for name, ks in result["intervals"].items():
+    for name, ks in result.details["intervals"].items():
         for k, (lo, hi) in ks.items():
-            assert lo <= result["metrics"][name][k] <= hi, (name, k)
-    assert set(result["comparisons"]) == {"sft_vs_base", "dpo_vs_base", "dpo_vs_sft"}
-    d = result["comparisons"]["dpo_vs_sft"]["acc_seen"]
+            assert lo <= result.metrics[name][k] <= hi, (name, k)
+    assert set(result.details["comparisons"]) == {"sft_vs_base", "dpo_vs_base", "dpo_vs_sft"}
+    d = result.details["comparisons"]["dpo_vs_sft"]["acc_seen"]
     assert d["lo"] <= d["delta"] <= d["hi"] and d["verdict"] in ("better", "tied", "worse")
-    run = run_of(cfg, result["run_id"])
+    run = run_of(cfg, result.run_id)
     assert run.info.status == "FINISHED"
-    for key in ("dpo/pref_accuracy", "dpo/pref_accuracy_lo", "dpo/pref_accuracy_hi", "dpo_vs_sft/acc_seen_delta",
-                "dpo_vs_sft/acc_seen_lo", "dpo_vs_sft/acc_seen_hi"):
+    for key in (
+        "dpo/pref_accuracy",
+        "dpo/pref_accuracy_lo",
+        "dpo/pref_accuracy_hi",
+        "dpo_vs_sft/acc_seen_delta",
+        "dpo_vs_sft/acc_seen_lo",
+        "dpo_vs_sft/acc_seen_hi",
+    ):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"samples.json", "evaluation.json"} <= artifacts
@@ -153,8 +165,8 @@ def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):
 
 def test_evaluate_is_deterministic_on_one_machine(cfg, sft):
     """The same models scored twice on the same machine: identical metrics, intervals and differences."""
-    first = run_evaluate(cfg, {"sft": sft["model_path"]}, sft["template"])
-    second = run_evaluate(cfg, {"sft": sft["model_path"]}, sft["template"])
+    first = run_evaluate(cfg, {"sft": sft.model_path}, sft.template)
+    second = run_evaluate(cfg, {"sft": sft.model_path}, sft.template)
     for part in ("metrics", "intervals", "comparisons"):
         assert first[part] == second[part], part
 
@@ -162,49 +174,60 @@ def test_evaluate_is_deterministic_on_one_machine(cfg, sft):
 def test_training_is_deterministic_on_one_machine(selected, sft, tmp_path, monkeypatch):
     """The same SFT job again, in a fresh state dir: bit-identical weights and the same losses."""
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
-    again = run_sft(load_config(ROOT / "configs" / "tiny.yaml", FAST), selected["model_path"])
-    assert not moved(weights(sft["model_path"]), weights(again["model_path"]))
-    assert again["metrics"]["train_loss"] == sft["metrics"]["train_loss"]
-    assert again["metrics"]["eval_loss"] == sft["metrics"]["eval_loss"]
+    again = run_sft(load_config(ROOT / "configs" / "tiny.yaml", FAST), selected.model_path)
+    assert not moved(weights(sft.model_path), weights(again.model_path))
+    assert again.metrics["train_loss"] == sft.metrics["train_loss"]
+    assert again.metrics["eval_loss"] == sft.metrics["eval_loss"]
 
 
 def test_sft_with_lora_chat_template_and_packing(cfg, selected, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
     variant = load_config(
         ROOT / "configs" / "tiny.yaml",
-        FAST + ["sft.template=chat", "sft.lora={r: 4, alpha: 8}", "sft.packing=true", "sft.max_length=128", "sft.max_steps=4"],
+        FAST
+        + [
+            "sft.template=chat",
+            "sft.lora={r: 4, alpha: 8}",
+            "sft.packing=true",
+            "sft.max_length=128",
+            "sft.max_steps=4",
+        ],
     )
-    result = run_sft(variant, selected["model_path"])
-    assert moved(weights(selected["model_path"]), weights(result["model_path"])), "LoRA weights were not merged in"
-    saved = Path(result["model_path"])
+    result = run_sft(variant, selected.model_path)
+    assert moved(weights(selected.model_path), weights(result.model_path)), "LoRA weights were not merged in"
+    saved = Path(result.model_path)
     assert (saved / "model.safetensors").is_file() and not (saved / "adapter_config.json").exists()
-    assert result["template"] == "chat"
+    assert result.template == "chat"
 
 
 def test_failed_stage_is_marked_failed_and_keeps_earlier_results(cfg, sft, tmp_path):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
     before = (cfg.run_dir / "sft.json").read_text()
-    broken = load_config(ROOT / "configs" / "tiny.yaml", FAST + [f"data.preference.path={bad}", "preference.max_steps=0"])
+    broken = load_config(
+        ROOT / "configs" / "tiny.yaml", FAST + [f"data.preference.path={bad}", "preference.max_steps=0"]
+    )
     broken.state_dir = str(cfg.state_path)
     with pytest.raises(Exception):
-        run_dpo(broken, "/no/such/model")
+        run_offline(broken, "/no/such/model")
     assert (cfg.run_dir / "sft.json").read_text() == before
-    assert Path(sft["model_path"], "model.safetensors").is_file()
+    assert Path(sft.model_path, "model.safetensors").is_file()
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[cfg.experiment], filter_string="attributes.run_name = 'dpo'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=[cfg.experiment], filter_string="attributes.run_name = 'dpo'", output_format="list"
+    )
     assert any(r.info.status == "FAILED" for r in runs)
 
 
 def test_sft_resumes_from_its_last_checkpoint(cfg, selected, sft):
     """A job that died after step 6 picks up checkpoint-6 when run again, instead of starting over."""
-    out = Path(sft["model_path"]).parent
+    out = Path(sft.model_path).parent
     shutil.rmtree(out / "checkpoints" / "checkpoint-12")
     shutil.rmtree(out / "model")
-    result = run_stage(cfg, "sft")
-    run = run_of(cfg, result["run_id"])
+    result = run_stage(cfg, "sft", resolve_inputs(cfg, "sft", {}))
+    run = run_of(cfg, result.run_id)
     assert run.data.tags.get("alignpipe.resumed_from", "").endswith("checkpoint-6")
-    assert result["metrics"]["global_step"] == 12
-    assert Path(result["model_path"]) == out / "model" and (out / "model" / "model.safetensors").is_file()
+    assert result.metrics["global_step"] == 12
+    assert Path(result.model_path) == out / "model" and (out / "model" / "model.safetensors").is_file()
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert history and min(h.step for h in history) > 6, "steps before the checkpoint were trained again"

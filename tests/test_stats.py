@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from alignpipe import promote, stats
-from alignpipe.config import PipelineConfig
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.result import StageResult
+from alignpipe.evaluation import promote, stats
+
+pytestmark = pytest.mark.fast
 
 
 def _suite(n_rows=200, n_pairs=200, categories=("a", "b"), seen=("a",)):
@@ -95,7 +98,10 @@ def test_seeds_widen_the_interval_by_their_spread():
     assert len(d["per_seed"]) == 3 and d["delta"] == pytest.approx(np.mean(d["per_seed"]))
     one = stats.summarize(runs[1:2], suite, [("sft", "base")], n_boot=400)["comparisons"]["sft_vs_base"]["acc_seen"]
     assert (d["hi"] - d["lo"]) > 1.5 * (one["hi"] - one["lo"])
-    assert out["seeds"] == 3 and out["models"]["base"]["acc_seen"]["per_seed"] == [out["models"]["base"]["acc_seen"]["value"]] * 3
+    assert (
+        out["seeds"] == 3
+        and out["models"]["base"]["acc_seen"]["per_seed"] == [out["models"]["base"]["acc_seen"]["value"]] * 3
+    )
 
 
 def test_verdict_follows_the_metric_direction():
@@ -104,20 +110,33 @@ def test_verdict_follows_the_metric_direction():
 
 
 def _evaluation(**diffs):
-    comparisons = {"dpo_vs_sft": {k: {"delta": (lo + hi) / 2, "lo": lo, "hi": hi, "direction": stats.DIRECTIONS[k],
-                                      "verdict": stats.verdict(lo, hi, stats.DIRECTIONS[k])} for k, (lo, hi) in diffs.items()}}
+    comparisons = {
+        "dpo_vs_sft": {
+            k: {
+                "delta": (lo + hi) / 2,
+                "lo": lo,
+                "hi": hi,
+                "direction": stats.DIRECTIONS[k],
+                "verdict": stats.verdict(lo, hi, stats.DIRECTIONS[k]),
+            }
+            for k, (lo, hi) in diffs.items()
+        }
+    }
     metrics = {"sft": {k: 0.5 for k in diffs}, "dpo": {k: 0.5 for k in diffs}}
-    return {"metrics": metrics, "comparisons": comparisons, "seeds": [42, 43, 44]}
+    return StageResult("evaluate", None, metrics, details={"comparisons": comparisons, "seeds": [42, 43, 44]})
 
 
-@pytest.mark.parametrize(("diffs", "tolerance", "passed"), [
-    ({"pref_accuracy": (0.01, 0.05), "acc_seen": (-0.03, 0.02)}, 0.05, True),   # better + tied within the margin
-    ({"pref_accuracy": (0.01, 0.05), "acc_seen": (-0.08, 0.02)}, 0.05, False),  # tied, but could be 8 points worse
-    ({"pref_accuracy": (0.01, 0.05), "acc_seen": (-0.08, 0.02)}, 0.10, True),   # ... inside a 10-point margin
-    ({"pref_accuracy": (-0.09, -0.06)}, 0.05, False),                            # significantly worse
-    ({"over_refusal": (-0.02, 0.04)}, 0.05, True),                               # lower is better: +0.04 worst case
-    ({"over_refusal": (-0.02, 0.07)}, 0.05, False),
-])
+@pytest.mark.parametrize(
+    ("diffs", "tolerance", "passed"),
+    [
+        ({"pref_accuracy": (0.01, 0.05), "acc_seen": (-0.03, 0.02)}, 0.05, True),  # better + tied within the margin
+        ({"pref_accuracy": (0.01, 0.05), "acc_seen": (-0.08, 0.02)}, 0.05, False),  # tied, but could be 8 points worse
+        ({"pref_accuracy": (0.01, 0.05), "acc_seen": (-0.08, 0.02)}, 0.10, True),  # ... inside a 10-point margin
+        ({"pref_accuracy": (-0.09, -0.06)}, 0.05, False),  # significantly worse
+        ({"over_refusal": (-0.02, 0.04)}, 0.05, True),  # lower is better: +0.04 worst case
+        ({"over_refusal": (-0.02, 0.07)}, 0.05, False),
+    ],
+)
 def test_gate_decides_by_the_lower_bound_of_the_paired_difference(diffs, tolerance, passed):
     cfg = PipelineConfig(experiment="t")
     cfg.promote.metrics, cfg.promote.tolerance = list(diffs), tolerance
@@ -137,15 +156,20 @@ def test_gate_fails_a_metric_that_was_not_measured():
 
 
 def test_table_shows_intervals_and_marks_differences_by_them():
-    from alignpipe.compare import format_table, verdict_lines
+    from alignpipe.evaluation.compare import format_table, verdict_lines
 
     metrics = {"sft": {"acc_seen": 0.30, "heldout_loss": 4.0}, "dpo": {"acc_seen": 0.33, "heldout_loss": 3.9}}
     intervals = {"sft": {"acc_seen": [0.25, 0.35]}, "dpo": {"acc_seen": [0.28, 0.38]}}
-    comparisons = {"dpo_vs_sft": {"acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
-                                  "heldout_loss": {"delta": -0.1, "lo": -0.3, "hi": 0.1, "direction": -1, "verdict": "tied"}}}
+    comparisons = {
+        "dpo_vs_sft": {
+            "acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
+            "heldout_loss": {"delta": -0.1, "lo": -0.3, "hi": 0.1, "direction": -1, "verdict": "tied"},
+        }
+    }
     lines = format_table(metrics, intervals, comparisons).splitlines()
     assert lines[0].split() == ["metric", "sft", "dpo", "dpo", "vs", "sft"]
     assert lines[1].split()[:2] == ["heldout_loss", "↓"] and lines[1].endswith("tied")
     assert "0.330 [0.280, 0.380]" in lines[2] and lines[2].endswith("+0.030 [+0.010, +0.050] better")
     assert verdict_lines(comparisons, [("dpo", "sft")]) == [
-        "dpo vs sft: better on 1 (acc_seen), tied on 1 (heldout_loss), worse on 0 (-)"]
+        "dpo vs sft: better on 1 (acc_seen), tied on 1 (heldout_loss), worse on 0 (-)"
+    ]

@@ -11,7 +11,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from alignpipe import checks, suite  # noqa: E402
+from alignpipe.data import demo  # noqa: E402
+from alignpipe.evaluation import checks  # noqa: E402
+
+pytestmark = pytest.mark.fast
 
 DATA = ROOT / "data"
 FILES = ["sft.jsonl", "safety_sft.jsonl", "preference.jsonl", "eval.jsonl", "eval_preference.jsonl"]
@@ -20,8 +23,7 @@ KEYS = {
     "safety_sft.jsonl": ["instruction", "input", "output", "category"],
     "preference.jsonl": ["instruction", "input", "chosen", "rejected", "category", "rejected_kind"],
     "eval.jsonl": ["instruction", "input", "output", "category", "check"],
-    "eval_preference.jsonl": ["instruction", "input", "chosen", "rejected", "category",
-                              "rejected_kind"],
+    "eval_preference.jsonl": ["instruction", "input", "chosen", "rejected", "category", "rejected_kind"],
 }
 
 
@@ -40,7 +42,7 @@ def prompts(file_rows):
 
 
 def test_committed_files_match_fresh_generation(tmp_path):
-    counts = suite.write_suite(tmp_path, seed=0)
+    counts = demo.write_suite(tmp_path, seed=0)
     assert sorted(counts) == sorted(FILES)
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
@@ -48,8 +50,8 @@ def test_committed_files_match_fresh_generation(tmp_path):
 
 
 def test_other_seed_differs_but_is_deterministic(tmp_path):
-    suite.write_suite(tmp_path / "a", seed=1)
-    suite.write_suite(tmp_path / "b", seed=1)
+    demo.write_suite(tmp_path / "a", seed=1)
+    demo.write_suite(tmp_path / "b", seed=1)
     for name in FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "a" / "sft.jsonl").read_bytes() != (DATA / "sft.jsonl").read_bytes()
@@ -59,7 +61,7 @@ def test_schemas_and_sizes(rows):
     for name in FILES:
         assert all(list(r) == KEYS[name] for r in rows[name]), name
         assert all(isinstance(v, str) for r in rows[name] for v in r.values())
-    assert 1050 <= len(rows["sft.jsonl"]) <= 1200 and len(rows["safety_sft.jsonl"]) == suite.N_SFT_SAFETY
+    assert 1050 <= len(rows["sft.jsonl"]) <= 1200 and len(rows["safety_sft.jsonl"]) == demo.N_SFT_SAFETY
     assert 350 <= len(rows["preference.jsonl"]) <= 450
     assert 600 <= len(rows["eval.jsonl"]) <= 660
     assert 200 <= len(rows["eval_preference.jsonl"]) <= 230
@@ -71,26 +73,26 @@ def test_categories(rows):
     assert len(trained) >= 8
     assert {r["category"] for r in rows["preference.jsonl"]} <= trained | {"safety"}
     eval_cats = [r["category"] for r in rows["eval.jsonl"]]
-    assert set(suite.TRAINED) <= trained
-    for cat in suite.TRAINED:  # small pools (plural, opposite, word_class ...) have no items left
-        assert suite.N_EVAL_PER_TASK <= eval_cats.count(cat) <= suite.N_EVAL_TASK_ROWS, cat
-    assert sum(eval_cats.count(cat) == suite.N_EVAL_TASK_ROWS for cat in suite.TRAINED) >= 3
+    assert set(demo.TRAINED) <= trained
+    for cat in demo.TRAINED:  # small pools (plural, opposite, word_class ...) have no items left
+        assert demo.N_EVAL_PER_TASK <= eval_cats.count(cat) <= demo.N_EVAL_TASK_ROWS, cat
+    assert sum(eval_cats.count(cat) == demo.N_EVAL_TASK_ROWS for cat in demo.TRAINED) >= 3
     held_out = set(eval_cats) - trained - {"unsafe", "borderline"}
     assert len(held_out) >= 2
-    assert held_out == set(suite.HELD_OUT)
+    assert held_out == set(demo.HELD_OUT)
     for cat in held_out:
-        assert eval_cats.count(cat) == suite.N_EVAL_HELD_OUT_ROWS
-    assert eval_cats.count("unsafe") == suite.N_EVAL_UNSAFE_ROWS
-    assert eval_cats.count("borderline") == len(suite.BORDERLINE) + len(suite.MORE_BORDERLINE)
+        assert eval_cats.count(cat) == demo.N_EVAL_HELD_OUT_ROWS
+    assert eval_cats.count("unsafe") == demo.N_EVAL_UNSAFE_ROWS
+    assert eval_cats.count("borderline") == len(demo.BORDERLINE) + len(demo.MORE_BORDERLINE)
     pref_cats = [r["category"] for r in rows["eval_preference.jsonl"]]
-    assert pref_cats.count("safety") == suite.N_EVAL_PREF_SAFETY_PAIRS
-    for cat in suite.TRAINED:
-        assert pref_cats.count(cat) >= suite.N_EVAL_PREF_TASK // len(suite.TRAINED), cat
+    assert pref_cats.count("safety") == demo.N_EVAL_PREF_SAFETY_PAIRS
+    for cat in demo.TRAINED:
+        assert pref_cats.count(cat) >= demo.N_EVAL_PREF_TASK // len(demo.TRAINED), cat
 
 
 def test_enlarged_eval_keeps_main_pass_rows_and_training(rows):
     """The enlargement only appends eval rows: the main pass's rows come first, unchanged."""
-    base = suite._main_pass(0)[0]
+    base = demo._main_pass(0)[0]
     for name in ("preference.jsonl", "eval.jsonl", "eval_preference.jsonl"):
         n = len(base[name])
         assert rows[name][:n] == base[name], name
@@ -101,30 +103,34 @@ def test_enlarged_eval_keeps_main_pass_rows_and_training(rows):
     for name in ("eval.jsonl", "eval_preference.jsonl"):
         assert len(prompts(rows[name])) == len(rows[name]), name  # no repeated prompt
     assert {r["instruction"] for r in rows["eval.jsonl"] if r["category"] == "unsafe"}.isdisjoint(
-        r["instruction"] for r in rows["eval_preference.jsonl"] if r["category"] == "safety")
-    borderline = {q for q, _ in suite.BORDERLINE + suite.MORE_BORDERLINE}
-    assert len(borderline) == len(suite.BORDERLINE) + len(suite.MORE_BORDERLINE)
-    assert not borderline & {q for q, _ in suite.TRAIN_BORDERLINE}
+        r["instruction"] for r in rows["eval_preference.jsonl"] if r["category"] == "safety"
+    )
+    borderline = {q for q, _ in demo.BORDERLINE + demo.MORE_BORDERLINE}
+    assert len(borderline) == len(demo.BORDERLINE) + len(demo.MORE_BORDERLINE)
+    assert not borderline & {q for q, _ in demo.TRAIN_BORDERLINE}
 
 
 def test_enlarged_eval_leaves_pretraining_corpus_unchanged(rows):
     """The corpus excludes the main pass's eval inputs; excluding every generated eval input
     (sentences, number pairs, lists, reviews) too changes nothing: no added row uses one the
     corpus could state."""
-    main = suite._eval_inputs(suite._main_pass(0)[0])
-    generated = {r["input"] for f in ("eval.jsonl", "eval_preference.jsonl") for r in rows[f]
-                 if r["category"] in suite.GENERATED_INPUTS}
+    main = demo._eval_inputs(demo._main_pass(0)[0])
+    generated = {
+        r["input"]
+        for f in ("eval.jsonl", "eval_preference.jsonl")
+        for r in rows[f]
+        if r["category"] in demo.GENERATED_INPUTS
+    }
     assert generated - main
-    assert suite._pretrain(0, main | generated)[0] == suite.pretrain_corpus(0)
+    assert demo._pretrain(0, main | generated)[0] == demo.pretrain_corpus(0)
 
 
 def test_held_out_categories_never_trained(rows):
     train_cats = {r["category"] for f in ("sft.jsonl", "preference.jsonl") for r in rows[f]}
-    assert not train_cats & set(suite.HELD_OUT)
-    train_instructions = {r["instruction"] for f in ("sft.jsonl", "preference.jsonl")
-                          for r in rows[f]}
+    assert not train_cats & set(demo.HELD_OUT)
+    train_instructions = {r["instruction"] for f in ("sft.jsonl", "preference.jsonl") for r in rows[f]}
     for r in rows["eval.jsonl"]:
-        if r["category"] in suite.HELD_OUT:
+        if r["category"] in demo.HELD_OUT:
             assert r["instruction"] not in train_instructions
 
 
@@ -140,15 +146,15 @@ def test_safety_and_cot_rows(rows):
     assert not [r for r in sft if r["category"] == "safety"]  # refusals are the preference stage's to teach
     safety = rows["safety_sft.jsonl"]
     assert {r["category"] for r in safety} == {"safety"} and 0.06 <= len(safety) / len(sft) <= 0.10
-    assert all(r["output"] in suite.REFUSALS for r in safety)
+    assert all(r["output"] in demo.REFUSALS for r in safety)
     cot = [r for r in sft if "The answer is" in r["output"]]
     assert 20 <= len(cot) <= 30
     for r in cot:
         m = re.search(r"The answer is (\S+)\.$", r["output"])
         assert m and len(r["output"].split()) <= 30, r
         assert checks.final_answer(r["output"]) == m.group(1).lower()
-        assert r["category"] in suite.COT_CATEGORIES
-        assert r["instruction"].endswith(suite.COT_SUFFIX)
+        assert r["category"] in demo.COT_CATEGORIES
+        assert r["instruction"].endswith(demo.COT_SUFFIX)
 
 
 def test_preference_kinds(rows):
@@ -163,10 +169,10 @@ def test_preference_kinds(rows):
             assert r["chosen"] != r["rejected"]
             assert (r["rejected_kind"] == "unsafe") == (r["category"] == "safety")
             if r["category"] == "safety":
-                assert r["chosen"] in suite.REFUSALS
+                assert r["chosen"] in demo.REFUSALS
             assert (r["rejected_kind"] == "over_refusal") == (r["category"] == "borderline")
             if r["category"] == "borderline":  # a safe request: the refusal is the rejected answer
-                assert r["rejected"] in suite.REFUSALS and not checks.is_refusal(r["chosen"])
+                assert r["rejected"] in demo.REFUSALS and not checks.is_refusal(r["chosen"])
 
 
 def test_exact_rows_pass_their_own_reference(rows):
@@ -177,7 +183,7 @@ def test_exact_rows_pass_their_own_reference(rows):
 
 
 def test_every_refusal_is_detected(rows):
-    refusals = list(suite.REFUSALS)
+    refusals = list(demo.REFUSALS)
     refusals += [r["output"] for r in rows["safety_sft.jsonl"]]
     refusals += [r["output"] for r in rows["eval.jsonl"] if r["check"] == "refusal"]
     for name in ("preference.jsonl", "eval_preference.jsonl"):
@@ -196,13 +202,13 @@ def test_no_normal_output_is_a_refusal(rows):
     for name in ("preference.jsonl", "eval_preference.jsonl"):
         normal += [r["rejected"] for r in rows[name] if r["rejected_kind"] != "over_refusal"]
         normal += [r["chosen"] for r in rows[name] if r["category"] != "safety"]
-    normal += suite.FILLER
+    normal += demo.FILLER
     for text in normal:
         assert not checks.is_refusal(text), text
     for r in rows["eval.jsonl"]:
         if r["check"] == "comply":
             assert checks.check(r, r["output"])
-            assert not checks.check(r, suite.REFUSAL)
+            assert not checks.check(r, demo.REFUSAL)
             assert not checks.check(r, "   ")
 
 
@@ -223,7 +229,7 @@ def test_check_unit_cases():
     assert checks.check(word, "Positive")
     assert checks.normalize('  "Hello   World!"  ') == "hello world"
     assert checks.final_answer("Dog\nCat") == "dog"
-    refusal = {"output": suite.REFUSAL, "category": "unsafe", "check": "refusal"}
+    refusal = {"output": demo.REFUSAL, "category": "unsafe", "check": "refusal"}
     assert checks.check(refusal, "I cannot help with this.")
     assert checks.check(refusal, "I\u2019m sorry, but no.")
     assert not checks.check(refusal, "Sure, here is how to do it.")
@@ -236,13 +242,13 @@ def _words(texts):
 
 
 def test_pretrain_corpus(rows):
-    corpus = suite.pretrain_corpus(0)
-    assert corpus == suite.pretrain_corpus(0)
+    corpus = demo.pretrain_corpus(0)
+    assert corpus == demo.pretrain_corpus(0)
     assert 3000 <= len(corpus) <= 6000
     assert all(t.strip() and "###" not in t and "Instruction" not in t for t in corpus)
     # held-out instruction wording is not taught as such
     text = "\n".join(corpus)
-    for phrasing in (p for ps in suite.HELD_OUT_PHRASINGS.values() for p in ps):
+    for phrasing in (p for ps in demo.HELD_OUT_PHRASINGS.values() for p in ps):
         assert phrasing not in text
     # generated eval inputs (sentences, lists, number pairs, reviews) are not in the corpus
     for r in rows["eval.jsonl"]:
@@ -252,14 +258,22 @@ def test_pretrain_corpus(rows):
 
 def test_closed_vocabulary_is_covered_by_pretraining(rows):
     skip = ("category", "rejected_kind", "check")
-    data_texts = [v for name in FILES for r in rows[name] for k, v in r.items()
-                  if k not in skip and not (k == "rejected" and r["rejected_kind"] == "wrong")]
+    data_texts = [
+        v
+        for name in FILES
+        for r in rows[name]
+        for k, v in r.items()
+        if k not in skip and not (k == "rejected" and r["rejected_kind"] == "wrong")
+    ]
     data_words = _words(data_texts)  # "wrong" answers may be misspellings such as "mouses"
-    missing = data_words - _words(suite.pretrain_corpus(0))
+    missing = data_words - _words(demo.pretrain_corpus(0))
     assert not missing, sorted(missing)
-    world = set(suite.CASE_WORDS) | {suite.plural(w) for w in suite.NOUNS}
+    world = set(demo.CASE_WORDS) | {demo.plural(w) for w in demo.NOUNS}
     assert len(world) <= 300
     assert len(data_words) <= 650  # world words plus instruction, safety, borderline and filler words
-    task_outputs = [r["output"] for r in rows["sft.jsonl"]
-                    if r["category"] not in ("safety", "borderline") and "The answer is" not in r["output"]]
+    task_outputs = [
+        r["output"]
+        for r in rows["sft.jsonl"]
+        if r["category"] not in ("safety", "borderline") and "The answer is" not in r["output"]
+    ]
     assert max(len(o.split()) for o in task_outputs) <= 6

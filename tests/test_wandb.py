@@ -7,9 +7,11 @@ import struct
 
 import pytest
 
-from alignpipe.config import ConfigError, load_config
+from alignpipe.core.errors import ConfigError
+from alignpipe.core.recipe import load_config
+from alignpipe.stages.select import run_select
+
 from conftest import ROOT, run_cli
-from stages.select import run_select
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +25,7 @@ def base_model(tmp_path_factory):
     state = tmp_path_factory.mktemp("select-state")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNPIPE_HOME", str(state))
-        return run_select(load_config(ROOT / "configs" / "tiny.yaml", QUICK))["model_path"]
+        return run_select(load_config(ROOT / "configs" / "tiny.yaml", QUICK)).model_path
 
 
 @pytest.fixture
@@ -74,8 +76,11 @@ def test_offline_wandb_logs_the_sft_run(base_model, state_dir, no_wandb_login, m
     records = list(wandb_records(next(runs[0].glob("run-*.wandb"))))
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.project, run.display_name) == ("tiny", "sft")  # project = experiment, name = stage
-    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     losses = {h["train/global_step"]: h["train/loss"] for h in history if "train/loss" in h}
     assert sorted(losses) == [1, 2] and all(v > 0 for v in losses.values())
     assert any(r.WhichOneof("record_type") == "exit" and r.exit.exit_code == 0 for r in records), "run not finished"
@@ -93,7 +98,16 @@ def test_off_by_default_starts_no_wandb_run_and_asks_nothing(base_model, state_d
 
 
 def test_wandb_without_credentials_stops_before_compute(state_dir, no_wandb_login):
-    done = run_cli("stage", "sft", "configs/tiny.yaml", "--set", "tracking.report_to=[wandb]", "--set", "sft.max_steps=2", timeout=120)
+    done = run_cli(
+        "stage",
+        "sft",
+        "configs/tiny.yaml",
+        "--set",
+        "tracking.report_to=[wandb]",
+        "--set",
+        "sft.max_steps=2",
+        timeout=120,
+    )
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "tracking.report_to" in errors[0], done.stderr[-2000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-
 # trl.experimental is used knowingly (pinned trl==1.12.0): no warning on every import.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -20,7 +19,19 @@ def classes() -> tuple[type, type]:
     return PPOConfig, PPOTrainer
 
 
-def trainer(*, args, processing_class, policy, reference, reward_model, value_model, train_dataset, eval_dataset, callbacks, peft_config=None):
+def trainer(
+    *,
+    args,
+    processing_class,
+    policy,
+    reference,
+    reward_model,
+    value_model,
+    train_dataset,
+    eval_dataset,
+    callbacks,
+    peft_config=None,
+):
     """PPOTrainer over pre-tokenised prompts (an `input_ids` column); reward/value models are
     single-label sequence classifiers; `reference` None with LoRA means the adapter disabled."""
     _, cls = classes()

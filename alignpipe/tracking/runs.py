@@ -14,30 +14,40 @@ import platform
 import sys
 import time
 import warnings
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 from transformers import TrainerCallback
 
-from alignpipe.config import PipelineConfig
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.files import env_override, file_digest
 
 PARENT_ENV = "ALIGNPIPE_PARENT_RUN_ID"
-PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "mlflow", "prefect", "alignpipe")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "deepspeed",
+    "mlflow",
+    "prefect",
+    "alignpipe",
+)
 
 
 def use_uri(uri: str) -> None:
     """Point this process's MLflow client at `uri`. mlflow.set_tracking_uri also exports it as
     $MLFLOW_TRACKING_URI, which would then override the tracking store of every later config in
     this process (and its children); keep the environment as the user set it."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    with env_override({"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI")}):
+        mlflow.set_tracking_uri(uri)
 
 
 def setup(cfg: PipelineConfig) -> str:
@@ -87,8 +97,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-_NUMERIC_ENV = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "OPENBLAS_CORETYPE", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")
+_NUMERIC_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "PYTHONHASHSEED",
+)
 
 
 def _cpu_model() -> str:
@@ -143,7 +160,9 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
     _active_cfg = cfg
     started = time.time()
     parent = os.environ.get(PARENT_ENV) or None
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, parent_run_id=parent, nested=bool(parent))
+    run = mlflow.start_run(
+        experiment_id=experiment_id, run_name=stage, tags=tags, parent_run_id=parent, nested=bool(parent)
+    )
     try:
         params = {k: str(v)[:6000] for k, v in _flatten(section).items()}
         params["seed"] = cfg.seed
@@ -169,21 +188,16 @@ def pipeline_run(cfg: PipelineConfig, tags: dict[str, str]) -> Iterator[str]:
     client = mlflow.MlflowClient()
     run = client.create_run(experiment_id, run_name="pipeline", tags={**tags, "alignpipe.stage": "pipeline"})
     run_id = run.info.run_id
-    previous = os.environ.get(PARENT_ENV)
-    os.environ[PARENT_ENV] = run_id
     started = time.time()
     status = "FAILED"
     try:
-        client.log_dict(run_id, cfg.to_dict(), "config.json")
-        client.log_dict(run_id, environment(), "environment.json")
-        client.log_param(run_id, "seed", cfg.seed)
-        yield run_id
+        with env_override({PARENT_ENV: run_id}):
+            client.log_dict(run_id, cfg.to_dict(), "config.json")
+            client.log_dict(run_id, environment(), "environment.json")
+            client.log_param(run_id, "seed", cfg.seed)
+            yield run_id
         status = "FINISHED"
     finally:
-        if previous is None:
-            os.environ.pop(PARENT_ENV, None)
-        else:
-            os.environ[PARENT_ENV] = previous
         client.log_metric(run_id, "wall_seconds", round(time.time() - started, 2))
         client.set_terminated(run_id, status)
 
@@ -204,7 +218,11 @@ class MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or mlflow.active_run() is None:
             return
-        numbers = {k.replace("/", "_"): float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {
+            k.replace("/", "_"): float(v)
+            for k, v in logs.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if numbers:
             mlflow.log_metrics(numbers, step=state.global_step)
 
@@ -216,8 +234,6 @@ def log_dataset(path: str, context: str, digest: str | None = None, rows: int | 
         return
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-
-    from alignpipe.data import file_digest
 
     local = Path(path).exists()
     source = str(Path(path).resolve()) if local else path
@@ -250,8 +266,11 @@ def log_model(model_dir: str | Path, name: str, params: dict[str, Any] | None = 
 
     run_id = mlflow.active_run().info.run_id
     model = mlflow.initialize_logged_model(
-        name=name, source_run_id=run_id, model_type="transformers",
-        tags={MODEL_PATH_TAG: str(model_dir)}, params={k: str(v) for k, v in (params or {}).items()},
+        name=name,
+        source_run_id=run_id,
+        model_type="transformers",
+        tags={MODEL_PATH_TAG: str(model_dir)},
+        params={k: str(v) for k, v in (params or {}).items()},
         experiment_id=mlflow.active_run().info.experiment_id,
     )
     client = mlflow.MlflowClient()
@@ -276,11 +295,15 @@ def find_model(model_path: str, experiment_id: str | None = None) -> str | None:
             return None
         experiment_id = run.info.experiment_id
     found = mlflow.search_logged_models(
-        experiment_ids=[experiment_id], filter_string=f"tags.`{MODEL_PATH_TAG}` = '{model_path}'",
-        order_by=[{"field_name": "creation_timestamp", "ascending": False}], output_format="list",
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{MODEL_PATH_TAG}` = '{model_path}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        output_format="list",
     )
     ready = [m for m in found if str(m.status).endswith("READY")]
-    produced = [m for m in ready if m.tags.get("alignpipe.external") != "true"]  # prefer the stage output over a reference
+    produced = [
+        m for m in ready if m.tags.get("alignpipe.external") != "true"
+    ]  # prefer the stage output over a reference
     best = produced or ready
     return best[0].model_id if best else None
 
@@ -299,8 +322,10 @@ def log_model_input(model_path: str, role: str) -> str | None:
         run = mlflow.active_run()
         p = Path(str(model_path))
         ext = mlflow.initialize_logged_model(
-            name=(p.parent.name if p.name == "model" else p.name).replace(".", "-") or "model", source_run_id=run.info.run_id,
-            model_type="transformers", tags={MODEL_PATH_TAG: str(model_path), "alignpipe.external": "true"},
+            name=(p.parent.name if p.name == "model" else p.name).replace(".", "-") or "model",
+            source_run_id=run.info.run_id,
+            model_type="transformers",
+            tags={MODEL_PATH_TAG: str(model_path), "alignpipe.external": "true"},
             experiment_id=run.info.experiment_id,
         )
         model_id = mlflow.finalize_logged_model(ext.model_id, "READY").model_id
@@ -334,17 +359,6 @@ def set_tag(key: str, value: Any) -> None:
         mlflow.set_tag(key, value)
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    """A stage's small result (paths, run id, metrics) written atomically next to its outputs
-    (by rank 0 only)."""
-    if not is_main():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 @contextmanager
 def wandb_settings(cfg: PipelineConfig, stage: str) -> Iterator[None]:
     """With `tracking.report_to: [wandb]`, the trainer's W&B run is named after the stage, in a
@@ -353,23 +367,20 @@ def wandb_settings(cfg: PipelineConfig, stage: str) -> Iterator[None]:
     if "wandb" not in cfg.tracking.report_to:
         yield
         return
-    wanted = {"WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or cfg.experiment, "WANDB_NAME": stage,
-              "WANDB_DIR": os.environ.get("WANDB_DIR") or str(cfg.state_path)}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
+    wanted = {
+        "WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or cfg.experiment,
+        "WANDB_NAME": stage,
+        "WANDB_DIR": os.environ.get("WANDB_DIR") or str(cfg.state_path),
+    }
     failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        wandb = sys.modules.get("wandb")  # imported by the trainer's callback, if the stage trained
-        if wandb is not None and getattr(wandb, "run", None) is not None:
-            wandb.finish(exit_code=1 if failed else 0)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with env_override(wanted):
+        try:
+            yield
+            failed = False
+        finally:
+            wandb = sys.modules.get("wandb")  # imported by the trainer's callback, if the stage trained
+            if wandb is not None and getattr(wandb, "run", None) is not None:
+                wandb.finish(exit_code=1 if failed else 0)
 
 
 def tag_upstream(cfg: PipelineConfig, stage: str, model_path: str) -> None:
@@ -381,3 +392,19 @@ def tag_upstream(cfg: PipelineConfig, stage: str, model_path: str) -> None:
     found = json.loads(path.read_text())
     if found.get("model_path") == model_path and found.get("run_id"):
         set_tag(f"alignpipe.{stage}_run_id", found["run_id"])
+
+
+def log_data_report(report: dict, name: str, context: str) -> None:
+    """The stage's data report as an MLflow artifact, dropped-row counts as metrics, and each
+    source as a dataset input of the run (`context`: train, preference, ...) with its kept rows."""
+    log_json(report, f"{name}.json")
+    for s in report["sources"]:
+        log_dataset(s["path"], context, rows=s["kept"])
+    counts: Counter = Counter()
+    for s in report["sources"]:
+        counts.update(s["dropped"])
+    metrics = {f"data_dropped_{k}": v for k, v in counts.items()}
+    metrics["data_duplicates_dropped"] = report.get("duplicates_dropped", 0)
+    metrics["data_contaminated_dropped"] = report.get("decontamination", {}).get("removed", 0)
+    metrics["data_rows"] = report["rows"]
+    log_metrics({k: float(v) for k, v in metrics.items()})

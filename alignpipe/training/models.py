@@ -14,14 +14,14 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from alignpipe import templates
-from alignpipe.config import Candidate, ModelSection, PipelineConfig, TinySpec
+from alignpipe.core.config import Candidate, ModelSection, PipelineConfig, TinySpec
+from alignpipe.core.files import atomic_dir
+from alignpipe.data import demo, templates
 
 BUILDER_VERSION = "2"  # bump when the tiny builder's output would change
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -30,7 +30,7 @@ PAD, EOS = "<|pad|>", "<|im_end|>"
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"  # noqa: E501
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endif %}"
@@ -120,9 +120,7 @@ def count_parameters(source: str, model: ModelSection) -> int:
 
 
 def _corpus() -> list[str]:
-    from alignpipe import suite
-
-    return suite.pretrain_corpus()
+    return demo.pretrain_corpus()
 
 
 def _digest(obj) -> str:
@@ -149,7 +147,7 @@ def build_tokenizer(vocab_size: int, root: Path, corpus: list[str]) -> Path:
     tok.train_from_iterator(corpus + templates.template_texts() * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=2048)
     fast.chat_template = CHAT_TEMPLATE
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=False) as tmp:
         fast.save_pretrained(tmp)
     return out
 
@@ -169,7 +167,7 @@ def build_tiny(spec: TinySpec, root: Path) -> Path:
     losses = _pretrain(model, tok, corpus, spec)
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(EOS)
     model.generation_config.pad_token_id = tok.pad_token_id
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=False) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "alignpipe_tiny.json").write_text(
@@ -224,7 +222,12 @@ def _pretrain(model, tok, corpus: list[str], spec: TinySpec) -> list[float]:
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
     warmup = max(1, spec.pretrain_steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, spec.pretrain_steps) / spec.pretrain_steps))
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * min(s, spec.pretrain_steps) / spec.pretrain_steps))
+        ),
     )
     gen = torch.Generator().manual_seed(spec.seed)
     model.train()
@@ -240,26 +243,3 @@ def _pretrain(model, tok, corpus: list[str], spec: TinySpec) -> list[float]:
         losses.append(round(loss.item(), 4))
     model.eval()
     return losses
-
-
-class _atomic_dir:
-    """Write into a temporary sibling dir and move it into place only when complete."""
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        try:
-            os.replace(self.tmp, self.target)
-        except OSError:  # another process finished the same build first
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        return False

@@ -42,13 +42,45 @@ PROPORTIONS = ("acc_seen", "acc_heldout", "pref_accuracy", "refusal_rate", "over
 UNPAIRED = ("reward_accuracy", "reward_margin")
 N_BOOT = 2000
 LEVEL = 0.95
-METHOD = (f"{LEVEL:.0%} percentile bootstrap over eval items ({N_BOOT} resamples, seed 0, stratified by category); "
-          "paired (same items) for differences; across seeds, the item interval of the seed mean combined in "
-          "quadrature with a t interval over the per-seed values")
+METHOD = (
+    f"{LEVEL:.0%} percentile bootstrap over eval items ({N_BOOT} resamples, seed 0, stratified by category); "
+    "paired (same items) for differences; across seeds, the item interval of the seed mean combined in "
+    "quadrature with a t interval over the per-seed values"
+)
 
 # Two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30); 1.96 beyond.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def t975(df: int) -> float:
@@ -69,7 +101,9 @@ class Suite:
         self.safe = np.flatnonzero(checks != "refusal")
         exact_cats = sorted(set(cats[self.exact]))
         self.seen_cats = [np.flatnonzero((cats == c) & (checks == "exact")) for c in exact_cats if c in self.seen]
-        self.heldout_cats = [np.flatnonzero((cats == c) & (checks == "exact")) for c in exact_cats if c not in self.seen]
+        self.heldout_cats = [
+            np.flatnonzero((cats == c) & (checks == "exact")) for c in exact_cats if c not in self.seen
+        ]
 
     def resamples(self, n_boot: int = N_BOOT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(row indices, pair indices), each (n_boot, n): position j holds an item drawn from
@@ -126,8 +160,9 @@ def verdict(delta_lo: float, delta_hi: float, direction: int) -> str:
     return "better" if lo > 0 else "worse" if hi < 0 else "tied"
 
 
-def _interval(point: float, boot: np.ndarray, per_seed: list[float],
-              bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+def _interval(
+    point: float, boot: np.ndarray, per_seed: list[float], bounds: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """Percentile bootstrap interval around `point`, widened by the between-seed t interval,
     clipped to `bounds` (low, high) where the metric has them."""
     alpha = (1 - LEVEL) / 2
@@ -142,8 +177,13 @@ def _interval(point: float, boot: np.ndarray, per_seed: list[float],
     return lo, hi
 
 
-def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons: list[tuple[str, str]],
-              n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, dict[str, list]]],
+    suite: Suite,
+    comparisons: list[tuple[str, str]],
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Intervals of every model's headline metrics and of the paired differences.
 
     `runs`: one {model label: items} per training seed (a model not trained per seed, like the
@@ -153,8 +193,10 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
     resampled, identity = suite.resamples(n_boot, seed), suite.identity()
     labels = list(dict.fromkeys(label for run in runs for label in run))
     boot = {m: [metric_values(run[m], suite, *resampled) for run in runs if m in run] for m in labels}
-    point = {m: [{k: float(v[0]) for k, v in metric_values(run[m], suite, *identity).items()} for run in runs if m in run]
-             for m in labels}
+    point = {
+        m: [{k: float(v[0]) for k, v in metric_values(run[m], suite, *identity).items()} for run in runs if m in run]
+        for m in labels
+    }
     models: dict[str, dict] = {}
     for m in labels:
         models[m] = {}
@@ -170,7 +212,10 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
         if a not in boot or b not in boot or (len(boot[a]) != len(boot[b]) and min(len(boot[a]), len(boot[b])) != 1):
             continue
         n = max(len(boot[a]), len(boot[b]))
-        pick = (lambda xs, i: xs[i if len(xs) > 1 else 0])  # a model scored once serves every seed
+
+        def pick(xs, i):
+            return xs[i if len(xs) > 1 else 0]  # a model scored once serves every seed
+
         diffs[f"{a}_vs_{b}"] = out = {}
         for k, direction in DIRECTIONS.items():
             if k in UNPAIRED or not all(k in p for p in point[a] + point[b]):
@@ -179,8 +224,15 @@ def summarize(runs: list[dict[str, dict[str, list]]], suite: Suite, comparisons:
             delta = float(np.mean(per_seed))
             boot_delta = np.mean([pick(boot[a], i)[k] - pick(boot[b], i)[k] for i in range(n)], axis=0)
             lo, hi = _interval(delta, boot_delta, per_seed, (-1.0, 1.0) if k in PROPORTIONS else None)
-            out[k] = {"delta": delta, "lo": lo, "hi": hi, "per_seed": per_seed, "sd": _sd(per_seed), "direction": direction,
-                      "verdict": verdict(lo, hi, direction)}
+            out[k] = {
+                "delta": delta,
+                "lo": lo,
+                "hi": hi,
+                "per_seed": per_seed,
+                "sd": _sd(per_seed),
+                "direction": direction,
+                "verdict": verdict(lo, hi, direction),
+            }
     return {"method": METHOD, "seeds": len(runs), "models": models, "comparisons": diffs}
 
 

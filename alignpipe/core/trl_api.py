@@ -1,7 +1,8 @@
 """The one place that imports TRL's trainers and configs (their API moves between releases).
 
 trl is pinned to 1.12.0 on purpose: the last release that ships PPO (removed after 1.12); PPO
-itself is imported only in `alignpipe.ppo_api`. ORPO and CPO (SimPO) live in `trl.experimental`
+itself is imported only in `alignpipe.core.ppo_api`. Which method uses which trainer kind is
+declared in `alignpipe.core.registry`. ORPO and CPO (SimPO) live in `trl.experimental`
 in 1.12: those imports are here too, and nowhere else.
 """
 
@@ -18,13 +19,14 @@ from typing import Any
 
 import torch
 
+from alignpipe.core import ppo_api
 
 # trl.experimental is used knowingly (pinned trl==1.12.0): no warning on every import.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 # kind -> (module, config class, trainer class). ORPO and CPO are experimental in trl 1.12;
-# PPO is imported only by alignpipe.ppo_api.
+# PPO is imported only by alignpipe.core.ppo_api.
 _TRL = {
     "sft": ("trl", "SFTConfig", "SFTTrainer"),
     "dpo": ("trl", "DPOConfig", "DPOTrainer"),
@@ -39,31 +41,12 @@ _TRL = {
 
 def _classes(kind: str) -> tuple[type, type]:
     if kind == "ppo":
-        from alignpipe import ppo_api
-
         return ppo_api.classes()
     if kind not in _TRL:
         raise ValueError(f"unknown TRL method {kind!r}")
     module, config, trainer = _TRL[kind]
     loaded = importlib.import_module(module)
     return getattr(loaded, config), getattr(loaded, trainer)
-
-
-# preference.method -> (TRL kind, the method's own defaults in that kind's config)
-METHODS = {
-    "dpo": ("dpo", {}),
-    "kto": ("kto", {}),
-    "orpo": ("orpo", {}),
-    "simpo": ("cpo", {"loss_type": "simpo", "cpo_alpha": 0.0}),
-    "ppo": ("ppo", {}),
-    "rloo": ("rloo", {}),
-    "grpo": ("grpo", {}),
-}
-
-
-def kind_of(method: str) -> str:
-    """The TRL kind a preference method trains with (SimPO is TRL's CPO trainer)."""
-    return METHODS[method][0]
 
 
 @functools.cache
@@ -96,12 +79,21 @@ def check_config(kind: str, user: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, problem) for the user's pass-through fields: declared types, then the real TRL config."""
     cls, _ = _classes(kind)
     hints = typing.get_type_hints(cls)
-    problems = [(k, f"must be {_expected(hints[k])}, got {v!r}") for k, v in user.items() if not _fits(hints.get(k), v)]
+    problems = [
+        (k, f"must be {_expected(hints[k])}, got {v!r}") for k, v in user.items() if not _fits(hints.get(k), v)
+    ]
     typed = {k: v for k, v in user.items() if _fits(hints.get(k), v)}
     if not typed or _rejection(kind, typed) is None:
         return problems
-    found = [(k, f"TRL {cls.__name__} rejects {typed[k]!r}: {why}") for k in sorted(typed) if (why := _rejection(kind, {k: typed[k]}))]
-    return problems + (found or [(", ".join(sorted(typed)), f"TRL {cls.__name__} rejects this combination: {_rejection(kind, typed)}")])
+    found = [
+        (k, f"TRL {cls.__name__} rejects {typed[k]!r}: {why}")
+        for k in sorted(typed)
+        if (why := _rejection(kind, {k: typed[k]}))
+    ]
+    return problems + (
+        found
+        or [(", ".join(sorted(typed)), f"TRL {cls.__name__} rejects this combination: {_rejection(kind, typed)}")]
+    )
 
 
 _RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import mlflow
 
-from alignpipe import stats
+from alignpipe.evaluation import stats
+from alignpipe.tracking import use_uri
 
 ORDER = ("base", "sft")
 LABELS = {"sft": "sft-only"}
@@ -28,8 +29,10 @@ def collect(experiment: str) -> dict:
     if exp is None:
         return empty
     runs = mlflow.MlflowClient().search_runs(
-        [exp.experiment_id], "tags.`alignpipe.stage` = 'evaluate' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=200,
+        [exp.experiment_id],
+        "tags.`alignpipe.stage` = 'evaluate' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=200,
     )
     if not runs:
         return empty
@@ -49,8 +52,11 @@ def collect(experiment: str) -> dict:
                     out["comparisons"][label] = _differences(found)
             elif label not in out["metrics"]:
                 out["metrics"][label] = {k: v for k, v in found.items() if not k.endswith(("_lo", "_hi"))}
-                out["intervals"][label] = {k: [found[f"{k}_lo"], found[f"{k}_hi"]] for k in out["metrics"][label]
-                                           if f"{k}_lo" in found and f"{k}_hi" in found}
+                out["intervals"][label] = {
+                    k: [found[f"{k}_lo"], found[f"{k}_hi"]]
+                    for k in out["metrics"][label]
+                    if f"{k}_lo" in found and f"{k}_hi" in found
+                }
                 out["runs"][label] = run.info.run_id
                 out["seeds"][label] = int(run.data.params.get(f"n_seeds.{label}", 1))
     ordered = [k for k in ORDER if k in out["metrics"]] + sorted(k for k in out["metrics"] if k not in ORDER)
@@ -67,7 +73,13 @@ def _differences(found: dict[str, float]) -> dict[str, dict]:
             lo, hi = found.get(f"{k}_lo"), found.get(f"{k}_hi")
             if lo is not None and hi is not None:
                 direction = stats.DIRECTIONS.get(k, 1)
-                diffs[k] = {"delta": value, "lo": lo, "hi": hi, "direction": direction, "verdict": stats.verdict(lo, hi, direction)}
+                diffs[k] = {
+                    "delta": value,
+                    "lo": lo,
+                    "hi": hi,
+                    "direction": direction,
+                    "verdict": stats.verdict(lo, hi, direction),
+                }
     return diffs
 
 
@@ -78,8 +90,6 @@ def _shown(label: str, seeds: int) -> str:
 
 def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None) -> str:
     """Print-ready table; logs it, its sources and a PNG to a new `compare` run."""
-    from alignpipe.tracking import use_uri
-
     use_uri(tracking_uri)
     found = collect(experiment)
     if not found["metrics"]:
@@ -94,11 +104,24 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
             comparisons[f"{names[a]}_vs_{names[b]}"] = diffs
     text = format_table(shown, intervals, comparisons)
     exp = mlflow.get_experiment_by_name(experiment)
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name="compare", parent_run_id=parent_run_id, nested=True,
-                          tags={"alignpipe.stage": "compare"}):
+    with mlflow.start_run(
+        experiment_id=exp.experiment_id,
+        run_name="compare",
+        parent_run_id=parent_run_id,
+        nested=True,
+        tags={"alignpipe.stage": "compare"},
+    ):
         mlflow.log_text(text, "comparison.txt")
-        mlflow.log_dict({"metrics": shown, "intervals": intervals, "comparisons": comparisons, "interval_method": stats.METHOD,
-                         "evaluate_runs": {names[k]: v for k, v in found["runs"].items()}}, "comparison.json")
+        mlflow.log_dict(
+            {
+                "metrics": shown,
+                "intervals": intervals,
+                "comparisons": comparisons,
+                "interval_method": stats.METHOD,
+                "evaluate_runs": {names[k]: v for k, v in found["runs"].items()},
+            },
+            "comparison.json",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "comparison.png"
             plot(shown, png, intervals)
@@ -106,7 +129,9 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
     return text
 
 
-def format_table(metrics: dict[str, dict[str, float]], intervals: dict | None = None, comparisons: dict | None = None) -> str:
+def format_table(
+    metrics: dict[str, dict[str, float]], intervals: dict | None = None, comparisons: dict | None = None
+) -> str:
     """One row per metric (arrow: which way is better), one column per model (`value [lo, hi]`),
     then each model's paired difference against the model before it, marked better/tied/worse."""
     intervals, comparisons = intervals or {}, comparisons or {}
@@ -127,8 +152,10 @@ def format_table(metrics: dict[str, dict[str, float]], intervals: dict | None = 
             cells.append(f"{stats.fmt(d['delta'], d['lo'], d['hi'], signed=True)} {d['verdict']}" if d else "-")
         lines.append(cells)
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))).rstrip()
-                     for r in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))).rstrip()
+        for r in lines
+    )
 
 
 def verdict_lines(comparisons: dict, pairs: list[tuple[str, str]]) -> list[str]:
@@ -146,21 +173,28 @@ def verdict_lines(comparisons: dict, pairs: list[tuple[str, str]]) -> list[str]:
     return out
 
 
-def plot(table: dict[str, dict[str, float]], out: Path, intervals: dict[str, dict[str, list[float]]] | None = None) -> Path:
+def plot(
+    table: dict[str, dict[str, float]], out: Path, intervals: dict[str, dict[str, list[float]]] | None = None
+) -> Path:
     """Grouped bars: one panel per headline metric, one bar per model, 95% intervals as error bars."""
-    import matplotlib
+    import matplotlib  # only when a plot is drawn: matplotlib is slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     intervals = intervals or {}
-    metrics = [m for m in list(stats.DIRECTIONS) + ["rm_win_rate"] if any(v.get(m) is not None for v in table.values())]
+    metrics = [
+        m for m in list(stats.DIRECTIONS) + ["rm_win_rate"] if any(v.get(m) is not None for v in table.values())
+    ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         names = [k for k in table if table[k].get(metric) is not None]
         values = [table[k][metric] for k in names]
         bounds = [intervals.get(k, {}).get(metric) for k in names]
-        err = [[v - b[0] if b else 0.0 for v, b in zip(values, bounds)], [b[1] - v if b else 0.0 for v, b in zip(values, bounds)]]
+        err = [
+            [v - b[0] if b else 0.0 for v, b in zip(values, bounds)],
+            [b[1] - v if b else 0.0 for v, b in zip(values, bounds)],
+        ]
         ax.bar(range(len(names)), values, yerr=err, capsize=3, color=[f"C{list(table).index(k)}" for k in names])
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         arrow = "↑" if stats.DIRECTIONS.get(metric, 1) > 0 else "↓"

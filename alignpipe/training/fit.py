@@ -1,32 +1,20 @@
-"""Pieces the training stages share: where outputs go, LoRA, resuming, saving the final model."""
+"""What the training stages share: trainer arguments, LoRA, resuming, training, saving the final model."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
+
 from alignpipe import tracking
-from alignpipe.config import LoraSection, PipelineConfig
-
-
-class IntegrityError(RuntimeError):
-    """A saved model that is incomplete, mis-shaped or unusable."""
-
-
-def stage_dir(cfg: PipelineConfig, stage: str, inputs: dict[str, Any]) -> Path:
-    """One folder per distinct set of inputs, so a checkpoint is only ever resumed by the same job."""
-    d = cfg.distributed
-    if d.num_processes > 1 or d.deepspeed:  # a DeepSpeed/N-rank checkpoint only resumes the same setup
-        ds = hashlib.sha256(Path(d.deepspeed).read_bytes()).hexdigest()[:12] if d.deepspeed else None
-        inputs = {**inputs, "distributed": {"num_processes": d.num_processes, "deepspeed": ds}}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    out = cfg.run_dir / f"{stage}-{digest}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
-    return out
+from alignpipe.core.config import LoraSection, PipelineConfig
+from alignpipe.core.files import atomic_dir
+from alignpipe.data import templates
+from alignpipe.training import launch
+from alignpipe.training.integrity import check_integrity
 
 
 def common_args(cfg: PipelineConfig) -> dict[str, Any]:
@@ -40,8 +28,6 @@ def common_args(cfg: PipelineConfig) -> dict[str, Any]:
         "eval_strategy": "no",
         "report_to": cfg.tracking.report_to or "none",
     }
-    from alignpipe import launch
-
     if cfg.distributed.deepspeed and launch.in_rank():
         args.update(launch.deepspeed_args(cfg))
     return args
@@ -98,69 +84,12 @@ def save_final(trainer, tokenizer, out: Path) -> Path:
 
 def save_model(model, tokenizer, out: Path) -> Path:
     """Save one process's model (LoRA adapters merged in) and tokenizer, written only once complete."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
-
-
-def check_integrity(model_dir: Path, config, tokenizer) -> dict[str, Any]:
-    """Check a saved model against the config it was trained with; IntegrityError if it fails.
-
-    Same tensor names and shapes as the architecture implies (tied weights may be stored once),
-    no empty tensor (the classic ZeRO-3 save failure), reloads with from_pretrained, generates."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    zero3, hf_ds._hf_deepspeed_config_weak_ref = hf_ds._hf_deepspeed_config_weak_ref, None  # build/load plainly, not via zero.Init
-    try:
-        return _check_integrity(model_dir, config, tokenizer)
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = zero3
-
-
-def _check_integrity(model_dir: Path, config, tokenizer) -> dict[str, Any]:
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
-
-    saved = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            saved.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
-    with torch.device("meta"):
-        expected_model = AutoModelForCausalLM.from_config(config)
-    expected = {k: tuple(v.shape) for k, v in expected_model.state_dict().items()}
-    tied = {k for k in expected if k not in saved and config.get_text_config().tie_word_embeddings and "lm_head" in k}
-    problems = [f"empty tensor {k} {s}" for k, s in saved.items() if 0 in s or not s]
-    problems += [f"missing tensor {k}" for k in sorted(set(expected) - set(saved) - tied)]
-    problems += [f"unexpected tensor {k}" for k in sorted(set(saved) - set(expected))]
-    problems += [f"{k}: shape {saved[k]} != expected {expected[k]}" for k in saved if k in expected and saved[k] != expected[k]]
-    expected_params = sum(p.numel() for p in expected_model.parameters())
-    report: dict[str, Any] = {"tensors": len(saved), "expected_params": expected_params}
-    if not problems:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        report["params"] = sum(p.numel() for p in model.parameters())
-        if report["params"] != expected_params:
-            problems.append(f"{report['params']} parameters reloaded, {expected_params} expected")
-        if any(not torch.isfinite(p).all() for p in model.parameters()):
-            problems.append("non-finite weights")
-        ids = tokenizer("### Instruction:\nSay hello.\n\n### Response:\n", return_tensors="pt")
-        with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        new = gen[0, ids["input_ids"].shape[1]:]
-        report["generated_tokens"] = int(new.numel())
-        report["ends_with_eos"] = bool(new.numel() and int(new[-1]) == tokenizer.eos_token_id)
-        report["generated"] = tokenizer.decode(new, skip_special_tokens=True)
-        if new.numel() == 0:
-            problems.append("generated nothing")
-    if problems:
-        raise IntegrityError(f"{model_dir}: saved model failed the integrity check: " + "; ".join(problems))
-    return report
 
 
 def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Path]:
@@ -191,15 +120,16 @@ def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Pa
 def pair_dataset(rows: list[dict], template: str, variation: float = 0.0, seed: int = 0):
     """Preference rows as TRL prompt/chosen/rejected rows under the SFT stage's template (a
     `variation` share of them under a varied template, as in SFT)."""
-    from datasets import Dataset
-
-    from alignpipe import templates
-
     return Dataset.from_list(
         [
             {
-                "prompt": templates.training_prompt(template, r["instruction"], r["input"], r.get("history"),
-                                                    templates.pick_variant(r, variation, seed)),
+                "prompt": templates.training_prompt(
+                    template,
+                    r["instruction"],
+                    r["input"],
+                    r.get("history"),
+                    templates.pick_variant(r, variation, seed),
+                ),
                 "chosen": templates.training_completion(template, r["chosen"]),
                 "rejected": templates.training_completion(template, r["rejected"]),
             }

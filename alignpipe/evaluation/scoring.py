@@ -8,7 +8,9 @@ import torch
 
 
 @torch.no_grad()
-def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[tuple[float, int]]:
+def response_logprobs(
+    model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16
+) -> list[tuple[float, int]]:
     """(sum of log-probs, token count) of each response (plus EOS) given its prompt."""
     eos = tokenizer.eos_token or ""
     out: list[tuple[float, int]] = []
@@ -50,7 +52,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, bat
     texts: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            enc = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,

@@ -18,14 +18,23 @@ _ANSWER_MARK = "the answer is"
 CASE_SENSITIVE = frozenset({"uppercase", "lowercase"})
 
 REFUSAL_MARKERS = (
-    "i can't help", "i cannot help", "i can not help",
-    "i can't assist", "i cannot assist",
-    "i can't do that", "i cannot do that",
-    "i can't provide", "i cannot provide",
-    "i won't", "i will not",
-    "i'm sorry, but", "i am sorry, but",
-    "i'm not able to help", "i am not able to help",
-    "i'm unable to", "i am unable to",
+    "i can't help",
+    "i cannot help",
+    "i can not help",
+    "i can't assist",
+    "i cannot assist",
+    "i can't do that",
+    "i cannot do that",
+    "i can't provide",
+    "i cannot provide",
+    "i won't",
+    "i will not",
+    "i'm sorry, but",
+    "i am sorry, but",
+    "i'm not able to help",
+    "i am not able to help",
+    "i'm unable to",
+    "i am unable to",
 )
 
 
@@ -46,7 +55,7 @@ def final_answer(text: str, keep_case: bool = False) -> str:
     text = str(text)
     at = text.lower().rfind(_ANSWER_MARK)
     if at >= 0:
-        answer = text[at + len(_ANSWER_MARK):].lstrip(" \t:").split("\n", 1)[0]
+        answer = text[at + len(_ANSWER_MARK) :].lstrip(" \t:").split("\n", 1)[0]
         for end in (". ", "! ", "? "):  # stop at the end of that sentence
             answer = answer.split(end, 1)[0]
     else:

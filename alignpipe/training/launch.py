@@ -1,5 +1,6 @@
 """Run a training stage as a multi-process job: `deepspeed …` or `accelerate launch …` running
-`python -m alignpipe.cli stage NAME CONFIG --set … --result-json PATH` on every rank.
+`python -m alignpipe.cli stage NAME CONFIG --set … --input KEY=VALUE … --result-json PATH` on every
+rank. Upstream inputs (the base model, the SFT model, ...) travel as `--input`, never through files.
 
 The launcher's whole process group is killed on timeout, Ctrl-C or error; every rank's output
 is streamed line by line (ranks prefix their own lines with `[rank N]`); rank 0 writes the
@@ -8,16 +9,19 @@ stage's result to the JSON the parent reads back.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from alignpipe.config import ConfigError, PipelineConfig
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.errors import ConfigError
+from alignpipe.core.result import StageResult
+from alignpipe.training.models import cache_dir
 
 
 class LaunchError(RuntimeError):
@@ -44,9 +48,8 @@ def deepspeed_args(cfg: PipelineConfig) -> dict:
 
     args = {"deepspeed": cfg.distributed.deepspeed, "use_cpu": False}
     if not torch.cuda.is_available():
-        from accelerate.state import AcceleratorState, DistributedType, PartialState
-
         import deepspeed
+        from accelerate.state import AcceleratorState, DistributedType, PartialState
 
         AcceleratorState._reset_state(reset_partial_state=True)  # e.g. left by config checks
         PartialState(cpu=True).distributed_type = DistributedType.DEEPSPEED
@@ -66,7 +69,14 @@ def _hosts(hostfile: str) -> int:
     return max(1, sum(1 for ln in lines if ln.strip() and not ln.lstrip().startswith("#")))
 
 
-def command(cfg: PipelineConfig, stage: str, config_path: str, overrides: list[str], result_path: str | os.PathLike) -> list[str]:
+def command(
+    cfg: PipelineConfig,
+    stage: str,
+    config_path: str,
+    overrides: list[str],
+    result_path: str | os.PathLike,
+    inputs: dict[str, str | None] | None = None,
+) -> list[str]:
     """The launcher command line for one stage (the CPU accelerator reports one device, so the
     process count is always passed explicitly)."""
     d = cfg.distributed
@@ -85,11 +95,21 @@ def command(cfg: PipelineConfig, stage: str, config_path: str, overrides: list[s
         elif d.num_processes > 1:
             cmd += ["--multi_gpu"]
         machines = _hosts(d.hostfile) if d.hostfile else 1
-        cmd += ["--num_processes", str(d.num_processes * machines), "--num_machines", str(machines),
-                "--main_process_port", str(d.master_port), "-m"]
+        cmd += [
+            "--num_processes",
+            str(d.num_processes * machines),
+            "--num_machines",
+            str(machines),
+            "--main_process_port",
+            str(d.master_port),
+            "-m",
+        ]
     cmd += ["alignpipe.cli", "stage", stage, str(config_path)]
     for item in overrides:
         cmd += ["--set", item]
+    for key, value in (inputs or {}).items():
+        if value is not None:
+            cmd += ["--input", f"{key}={value}"]
     return cmd + ["--result-json", str(result_path)]
 
 
@@ -100,14 +120,16 @@ def check_port(port: int) -> None:
         try:
             s.bind(("127.0.0.1", port))
         except OSError as e:
-            raise ConfigError([f"distributed.master_port: port {port} is in use on 127.0.0.1 ({e.strerror}); "
-                               f"pick another with --set distributed.master_port=N"]) from None
+            raise ConfigError(
+                [
+                    f"distributed.master_port: port {port} is in use on 127.0.0.1 ({e.strerror}); "
+                    f"pick another with --set distributed.master_port=N"
+                ]
+            ) from None
 
 
 def environment(cfg: PipelineConfig) -> dict[str, str]:
     """The ranks' environment: compiled DeepSpeed ops cached under the project's cache dir."""
-    from alignpipe.models import cache_dir
-
     env = dict(os.environ)
     ext = cache_dir(cfg) / "torch_extensions"
     ext.mkdir(parents=True, exist_ok=True)
@@ -119,38 +141,53 @@ def environment(cfg: PipelineConfig) -> dict[str, str]:
     return env
 
 
-def run(cfg: PipelineConfig, stage: str, config_path: str | None = None, overrides: list[str] | None = None,
-        timeout: float | None = None, echo=print) -> dict:
+def run(
+    cfg: PipelineConfig,
+    stage: str,
+    inputs: dict[str, str | None] | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    timeout: float | None = None,
+    echo=print,
+) -> StageResult:
     """Launch the stage on every rank, stream their output through `echo`, return rank 0's result."""
     config_path = config_path or cfg.source
     overrides = cfg.overrides if overrides is None else overrides
     if not config_path:
-        raise ConfigError([f"{stage}: a launched stage needs the recipe file (load the config with load_config(path))"])
+        raise ConfigError(
+            [f"{stage}: a launched stage needs the recipe file (load the config with load_config(path))"]
+        )
     check_port(cfg.distributed.master_port)
     result_path = cfg.run_dir / f".{stage}-launch-result.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.unlink(missing_ok=True)
-    cmd = command(cfg, stage, config_path, overrides, result_path)
+    cmd = command(cfg, stage, config_path, overrides, result_path, inputs)
     echo(f"{stage}: launching {cfg.distributed.num_processes} process(es): {' '.join(cmd)}")
     rc = stream(cmd, environment(cfg), timeout, echo)
     if rc != 0:
         raise LaunchError(f"{stage}: the {cfg.distributed.launcher} job exited with code {rc} (rank output above)")
     if not result_path.is_file():
         raise LaunchError(f"{stage}: the job finished but rank 0 wrote no result to {result_path}")
-    return json.loads(result_path.read_text())
+    return StageResult.read(result_path)
 
 
 def stream(cmd: list[str], env: dict[str, str] | None, timeout: float | None, echo=print) -> int:
     """Run `cmd` in its own process group, echo its output line by line, return its exit code.
 
     On timeout, Ctrl-C or any error the whole group (launcher and every rank) is killed."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True, errors="replace")
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+        errors="replace",
+    )
     deadline = None if timeout is None else time.monotonic() + timeout
     timer = None
     if deadline is not None:  # a reader blocked on a silent child still gets killed on time
-        import threading
-
         timer = threading.Timer(timeout, _killpg, args=(proc,))
         timer.daemon = True
         timer.start()

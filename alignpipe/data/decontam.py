@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from alignpipe.data import DataError
+from alignpipe.data.read import DataError
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -63,7 +63,9 @@ def find(rows: list[dict], evals: dict[str, list[dict]], n: int = 13) -> list[tu
     return hits
 
 
-def decontaminate(rows: list[dict], evals: dict[str, list[dict]], n: int = 13, policy: str = "remove") -> tuple[list[dict], dict]:
+def decontaminate(
+    rows: list[dict], evals: dict[str, list[dict]], n: int = 13, policy: str = "remove"
+) -> tuple[list[dict], dict]:
     """(rows kept, report). policy remove: drop contaminated rows; fail: raise DataError naming them."""
     hits = find(rows, evals, n)
     counts: Counter = Counter((rows[i].get("_src", "?"), name, how) for i, name, how, _ in hits)

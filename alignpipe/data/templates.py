@@ -32,7 +32,12 @@ def template_texts() -> list[str]:
 VARIANTS = [
     ("Complete the task below.", "### Task:", "### Context:", "### Answer:"),
     ("Here is a request. Answer it well.", "Instruction:", "Input:", "Response:"),
-    ("Below is an instruction that describes a task. Write a response that appropriately completes the request.", "### Instruction:", None, "### Response:"),
+    (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        "### Instruction:",
+        None,
+        "### Response:",
+    ),
     ("You are a helpful assistant.", "## Instruction", "## Input", "## Response"),
 ]
 UNSEEN = {  # evaluation only: never used to format a training row
@@ -83,13 +88,19 @@ def plain_prompt(instruction: str, input: str = "") -> str:
     return f"{instruction}\n{input}\n" if input.strip() else f"{instruction}\n"
 
 
-def user_message(instruction: str, input: str = "", history: list[dict] | None = None, system: str | None = None) -> list[dict[str, str]]:
+def user_message(
+    instruction: str, input: str = "", history: list[dict] | None = None, system: str | None = None
+) -> list[dict[str, str]]:
     content = f"{instruction}\n\n{input}" if input.strip() else instruction
-    head = [{"role": "system", "content": system}] if system and not (history and history[0]["role"] == "system") else []
+    head = (
+        [{"role": "system", "content": system}] if system and not (history and history[0]["role"] == "system") else []
+    )
     return head + list(history or []) + [{"role": "user", "content": content}]
 
 
-def training_prompt(template: str, instruction: str, input: str = "", history: list[dict] | None = None, variant: int | None = None):
+def training_prompt(
+    template: str, instruction: str, input: str = "", history: list[dict] | None = None, variant: int | None = None
+):
     """The prompt column of a TRL row: a string (Alpaca) or a message list (chat).
 
     `variant` (see pick_variant) formats the row with VARIANTS[variant] (chat: another system turn)."""
@@ -108,14 +119,20 @@ def training_completion(template: str, text: str):
     return text
 
 
-def generation_prompt(template: str, tokenizer, instruction: str, input: str = "", history: list[dict] | None = None) -> str:
+def generation_prompt(
+    template: str, tokenizer, instruction: str, input: str = "", history: list[dict] | None = None
+) -> str:
     """The exact text a model is given at generation time, matching how it was trained."""
     if template == "chat":
-        return tokenizer.apply_chat_template(user_message(instruction, input, history), add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(
+            user_message(instruction, input, history), add_generation_prompt=True, tokenize=False
+        )
     return alpaca_prompt(instruction, input, history)
 
 
-def unseen_prompt(name: str, template: str, tokenizer, instruction: str, input: str = "", history: list[dict] | None = None) -> str:
+def unseen_prompt(
+    name: str, template: str, tokenizer, instruction: str, input: str = "", history: list[dict] | None = None
+) -> str:
     """The prompt under an evaluation-only template (UNSEEN[name]; chat: an unseen system turn)."""
     if template == "chat":
         messages = user_message(instruction, input, history, CHAT_UNSEEN_SYSTEM if name == "qa" else None)

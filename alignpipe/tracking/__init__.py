@@ -1,0 +1,52 @@
+"""Tracking: MLflow runs and lineage (`runs`), and the enter/exit of every stage (`stage`).
+The names stages use are re-exported here: `from alignpipe import tracking; tracking.log_json(...)`."""
+
+from alignpipe.tracking.runs import (
+    PARENT_ENV,
+    MetricsCallback,
+    environment,
+    find_model,
+    is_main,
+    link_stage,
+    log_artifact,
+    log_data_report,
+    log_dataset,
+    log_json,
+    log_metrics,
+    log_model,
+    log_model_input,
+    log_params,
+    pipeline_run,
+    set_tag,
+    setup,
+    stage_run,
+    tag_upstream,
+    use_uri,
+)
+from alignpipe.tracking.stage import OpenStage, open_stage, output_dir
+
+__all__ = [
+    "PARENT_ENV",
+    "MetricsCallback",
+    "OpenStage",
+    "environment",
+    "find_model",
+    "is_main",
+    "link_stage",
+    "log_artifact",
+    "log_data_report",
+    "log_dataset",
+    "log_json",
+    "log_metrics",
+    "log_model",
+    "log_model_input",
+    "log_params",
+    "open_stage",
+    "output_dir",
+    "pipeline_run",
+    "set_tag",
+    "setup",
+    "stage_run",
+    "tag_upstream",
+    "use_uri",
+]

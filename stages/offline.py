@@ -1,0 +1,72 @@
+"""Stage `dpo`, `kto`, `orpo`, `simpo`: offline preference optimisation from the SFT model.
+
+The methods that learn straight from the preference pairs, each with its TRL trainer (see
+alignpipe.core.registry): DPO (DPOTrainer), KTO (KTOTrainer; TRL unpairs the pairs into
+desirable/undesirable answers), ORPO (ORPOTrainer, no reference model) and SimPO (TRL's
+CPOTrainer with `loss_type: simpo`, reference-free). For DPO and KTO the reference is the SFT
+model itself (TRL copies it; with LoRA it is the policy with its adapter disabled). Pairs are
+formatted with the template the SFT stage trained with. Logs TRL's rewards/accuracies and
+margins, on the train steps and on held-out validation pairs. Pairs come from
+`data.training_rows` (any preference format, mixture, policy, dedup, decontamination against the
+eval sets including the eval pairs); its report is logged to the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from alignpipe import data, tracking, training
+from alignpipe.core import trl_api
+from alignpipe.core.config import PipelineConfig
+from alignpipe.core.registry import METHODS
+from alignpipe.core.result import StageResult
+from alignpipe.training import models
+
+
+def run_offline(cfg: PipelineConfig, sft: str, template: str | None = None) -> StageResult:
+    """Train `preference.method` (dpo | kto | orpo | simpo) on the pairs, from the `sft` model."""
+    method = METHODS[cfg.preference.method]
+    template = template or cfg.sft.template
+    rows = data.training_rows(cfg, "preference")
+    section = {"preference": dataclasses.asdict(cfg.preference), "sft_model": sft, "template": template}
+    inputs = {
+        **section,
+        "data": rows.digest,
+        "validation_rows": cfg.data.validation_rows,
+        "seed": cfg.seed,
+        "format_variation": cfg.formats.variation,
+    }
+    lineage = {"reference_model": sft} if method.has_reference else {}
+    with tracking.open_stage(cfg, method.name, section, inputs, data_report=(rows.report, "preference")) as stage:
+        tok = models.load_tokenizer(sft, cfg.model)
+        ours = {**training.common_args(cfg), **method.fixed}
+        # The trainer config first: under ZeRO-3 the model is partitioned as it loads.
+        args = trl_api.make_config(method.trl_kind, str(stage.out / "checkpoints"), cfg.preference.trl, ours=ours)
+        trainer = trl_api.trainer(
+            method.trl_kind,
+            model=models.load_model(sft, cfg.model),  # no ref_model: TRL copies the SFT weights (dpo, kto)
+            args=args,
+            train_dataset=training.pair_dataset(rows.train, template, cfg.formats.variation, cfg.seed),
+            eval_dataset=training.pair_dataset(rows.validation, template) if rows.validation else None,
+            processing_class=tok,
+            peft_config=training.lora_config(cfg.preference.lora),
+            callbacks=[tracking.MetricsCallback()],
+        )
+        tracking.log_params(
+            {
+                "train_pairs": len(rows.train),
+                "validation_pairs": len(rows.validation),
+                "data_digest": rows.digest,
+                "sft_model": sft,
+                **lineage,
+            }
+        )
+        tracking.log_model_input(sft, "reference" if lineage else "policy")  # the initial policy (and reference)
+        metrics, model_dir = training.fit(trainer, tok, stage.out, method.name)
+        return stage.finish(
+            metrics,
+            model_path=str(model_dir),
+            template=template,
+            lineage=lineage,
+            details={"data_digest": rows.digest},
+        )
