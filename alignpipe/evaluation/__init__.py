@@ -1,0 +1,1 @@
+"""Evaluation: scoring, answer checks, intervals and verdicts, the comparison table, the gate."""
