@@ -19,6 +19,7 @@ import torch
 
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
+from alignpipe.core.result import StageResult
 from alignpipe.training import launch
 
 from conftest import ROOT, run_cli
@@ -382,11 +383,11 @@ def _launched(state, stage, zero):
     assert proc.returncode == 0, out[-6000:]
     assert "[rank 0]" in out and "[rank 1]" in out  # both ranks' output came through
     assert f"{stage}: integrity OK" in out
-    return json.loads((state / "runs" / "tiny" / f"{stage}.json").read_text()), out
+    return StageResult.read(state / "runs" / "tiny" / f"{stage}.json"), out
 
 
 def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
-    select = json.loads((ranks_state / "runs" / "tiny" / "select.json").read_text())
+    select = StageResult.read(ranks_state / "runs" / "tiny" / "select.json")
     sft, _ = _launched(ranks_state, "sft", "zero3")
     runs = _stage_runs(ranks_state, "sft")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == sft.run_id

@@ -45,13 +45,13 @@ def test_fine_tuning_helps_on_held_out_data(demo):
     differences (DPO vs SFT-only on task accuracy, loss, pair accuracy) are left to the 3-seed table."""
     _, state = demo
     result = json.loads((state / "runs" / "tiny" / "evaluate.json").read_text())
-    sft_vs_base, dpo_vs_sft = result.details["comparisons"]["sft_vs_base"], result.details["comparisons"]["dpo_vs_sft"]
+    sft_vs_base, dpo_vs_sft = result["comparisons"]["sft_vs_base"], result["comparisons"]["dpo_vs_sft"]
     for metric in ("heldout_loss", "acc_seen", "pref_margin"):  # SFT teaches the tasks
         assert sft_vs_base[metric]["verdict"] == "better", (metric, sft_vs_base[metric])
     for metric in ("refusal_rate", "pref_margin"):  # DPO's safety pairs teach refusals SFT never saw
         assert dpo_vs_sft[metric]["verdict"] == "better", (metric, dpo_vs_sft[metric])
     # DPO learned the preference: its implicit reward ranks held-out pairs above chance.
-    assert result.details["intervals"]["dpo"]["reward_accuracy"][0] > 0.5, result.details["intervals"]["dpo"]
+    assert result["intervals"]["dpo"]["reward_accuracy"][0] > 0.5, result["intervals"]["dpo"]
 
 
 def test_every_stage_lands_one_finished_mlflow_run(demo):

@@ -117,7 +117,7 @@ def test_full_deployment_records_the_lineage_from_metric_to_data(servers, full_r
     )
     base = client.get_logged_model(sft_run.inputs.model_inputs[0].model_id)
     selected = json.loads(Path(client.download_artifacts(children["select"].info.run_id, "result.json")).read_text())
-    assert base.tags["alignpipe.model_path"] == selected.model_path
+    assert base.tags["alignpipe.model_path"] == selected["model_path"]
     config = json.loads(Path(client.download_artifacts(sft_run.info.run_id, "config.json")).read_text())
     assert config["sft"]["trl"]["max_steps"] == 20
     assert (

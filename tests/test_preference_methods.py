@@ -157,7 +157,7 @@ def test_reward_model_trains_and_logs_heldout_accuracy(state, sft, reward):
     model = mlflow.get_logged_model(reward.details["model_uri"].removeprefix("models:/"))
     assert model.source_run_id == reward.run_id and model.name == "reward"
     assert "model.safetensors" in {a.path for a in mlflow.MlflowClient().list_logged_model_artifacts(model.model_id)}
-    assert json.loads((cfg.run_dir / "reward.json").read_text())["run_id"] == reward["run_id"]
+    assert json.loads((cfg.run_dir / "reward.json").read_text())["run_id"] == reward.run_id
 
 
 @pytest.mark.parametrize("method", PREFERENCE_METHODS)
@@ -173,8 +173,7 @@ def test_method_trains_from_sft(method, state, sft, reward):
         },
     )
     assert (
-        result["stage"] == method
-        and json.loads((cfg.run_dir / f"{method}.json").read_text())["run_id"] == result["run_id"]
+        result.stage == method and json.loads((cfg.run_dir / f"{method}.json").read_text())["run_id"] == result.run_id
     )
     before, after = weights(sft.model_path), weights(result.model_path)
     assert [k for k in before if not torch.equal(before[k], after[k])], f"{method} left every weight unchanged"

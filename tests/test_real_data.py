@@ -25,9 +25,9 @@ def test_sft_stage_trains_on_real_alpaca_rows(state_dir):
     proc = run_cli("stage", "sft", "configs/tiny.yaml", "--set", f"data.sft.path={ALPACA}", "--set", "sft.max_steps=5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((state_dir / "runs" / "tiny" / "sft.json").read_text())
-    assert result.metrics["global_step"] == 5
+    assert result["metrics"]["global_step"] == 5
     mlflow.set_tracking_uri(f"sqlite:///{state_dir / 'mlflow.db'}")
-    run = mlflow.get_run(result.run_id)
+    run = mlflow.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train_rows"] == str(2000 - 64)  # less the held-out validation rows
 
@@ -62,8 +62,8 @@ def test_dpo_stage_trains_on_the_real_preference_formats_together(state_dir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((state_dir / "runs" / "tiny" / "dpo.json").read_text())
-    assert result.metrics["global_step"] == 3
+    assert result["metrics"]["global_step"] == 3
     mlflow.set_tracking_uri(f"sqlite:///{state_dir / 'mlflow.db'}")
-    run = mlflow.get_run(result.run_id)
+    run = mlflow.get_run(result["run_id"])
     assert run.data.params["train_pairs"] == str(120 - 64)  # 3 x 40 rows, less the validation pairs
     assert run.data.metrics["data_rows"] == 120

@@ -93,13 +93,13 @@ def test_self_instruct_run_writes_rows_with_provenance_and_sft_mixes_them_in(cfg
         m["proposed"]
         == m["filtered_length"] + m["filtered_format"] + m["filtered_rouge"] + m["filtered_instance"] + m["kept"]
     )
-    rows = [json.loads(line) for line in open(result["data_path"])]
+    rows = [json.loads(line) for line in open(result.data_path)]
     assert len(rows) == m["kept"]
     seeds = [json.loads(line)["instruction"] for line in open(cfg.self_instruct.seed_tasks)]
     for r in rows:
         assert r["generator"] == base and r["round"] in (1, 2) and r["seed_ids"] and r["output"].strip()
         assert max(si.rouge_l(r["instruction"], s) for s in seeds) < 0.7
-    assert json.loads((cfg.run_dir / "self_instruct.json").read_text())["run_id"] == result["run_id"]
+    assert json.loads((cfg.run_dir / "self_instruct.json").read_text())["run_id"] == result.run_id
     mlflow.set_tracking_uri(cfg.tracking_uri)
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["kept"] == m["kept"]
@@ -120,9 +120,9 @@ def test_self_instruct_run_writes_rows_with_provenance_and_sft_mixes_them_in(cfg
             )
             + "\n"
         )
-    sft = run_sft(cfg, base, generated_data=generated)
+    sft = run_sft(cfg, base, generated=generated)
     report = json.loads(
-        Path(mlflow.artifacts.download_artifacts(run_id=sft["run_id"], artifact_path="data_report.json")).read_text()
+        Path(mlflow.artifacts.download_artifacts(run_id=sft.run_id, artifact_path="data_report.json")).read_text()
     )
     assert [s["path"] for s in report["sources"]][-1] == generated
     assert mlflow.get_run(sft.run_id).data.params["generated_data"] == generated
