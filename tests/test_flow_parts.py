@@ -4,6 +4,7 @@ import pytest
 
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
+from alignpipe.core.result import StageResult
 from alignpipe.evaluation.promote import verdict
 from alignpipe.flows.pipeline import stage_key
 
@@ -71,14 +72,16 @@ def test_gate_respects_metric_direction_and_tolerance():
         "acc_seen": {"delta": 0.03, "lo": 0.01, "hi": 0.05, "direction": 1, "verdict": "better"},
         "over_refusal": {"delta": 0.01, "lo": -0.005, "hi": 0.015, "direction": -1, "verdict": "tied"},
     }
-    evaluation = {"metrics": metrics, "comparisons": {"dpo_vs_sft": diffs}, "seeds": [42]}
+    evaluation = StageResult("evaluate", None, metrics, details={"comparisons": {"dpo_vs_sft": diffs}, "seeds": [42]})
     v = verdict(cfg, "dpo", evaluation)
     assert not v["passed"] and [c["passed"] for c in v["checks"]] == [True, False]  # over_refusal: lower is better
     cfg = load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen,over_refusal]", "promote.tolerance=0.02"])
     assert verdict(cfg, "dpo", evaluation)["passed"]
     cfg = load_config("configs/tiny.yaml", ["promote.metrics=[no_such_metric]"])
     assert verdict(cfg, "dpo", evaluation)["checks"][0]["why"] == "not measured"
-    only_sft = {"metrics": {"base": {"acc_seen": 0.01}, "sft": {"acc_seen": 0.3}}, "comparisons": {}}
+    only_sft = StageResult(
+        "evaluate", None, {"base": {"acc_seen": 0.01}, "sft": {"acc_seen": 0.3}}, details={"comparisons": {}}
+    )
     assert (
         verdict(load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen]"]), "sft", only_sft)["baseline"]
         == "base"

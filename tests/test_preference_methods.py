@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from alignpipe.core.recipe import load_config
 from alignpipe.core.registry import NEEDS_REWARD, PREFERENCE_METHODS
+from alignpipe.core.result import StageResult
 from alignpipe.flows.runner import run_stage
 from alignpipe.stages.evaluate import run_evaluate
 from alignpipe.stages.reward import run_reward
@@ -190,7 +191,7 @@ def test_method_trains_from_sft(method, state, sft, reward):
 def test_evaluate_adds_reward_model_win_rates(state, sft, reward):
     cfg = config("preference.method=ppo")
     ppo = (
-        json.loads((cfg.run_dir / "ppo.json").read_text())
+        StageResult.read(cfg.run_dir / "ppo.json")
         if (cfg.run_dir / "ppo.json").is_file()
         else run_stage(
             cfg, "preference", {"sft": sft.model_path, "template": sft.template, "reward": reward.model_path}
