@@ -14,7 +14,7 @@ from typing import Any
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.files import write_json
 from alignpipe.core.result import StageResult
-from alignpipe.tracking import runs
+from alignpipe.tracking.runs import is_main, log_data_report, log_json, stage_run
 
 
 @dataclass
@@ -29,7 +29,7 @@ class OpenStage:
     def finish(self, metrics: dict[str, Any], **fields: Any) -> StageResult:
         """The stage's result, logged to its run as result.json (and written to the state dir on exit)."""
         self.result = StageResult(stage=self.name, run_id=self.run_id, metrics=metrics, **fields)
-        runs.log_json(self.result.to_dict(), "result.json")
+        log_json(self.result.to_dict(), "result.json")
         return self.result
 
 
@@ -48,12 +48,12 @@ def open_stage(
     of the rows it trains on, logged to the run. On success the result the stage `finish`ed with
     is written to `<run_dir>/<name>.json`, where `alignpipe stage` finds upstream results."""
     out = output_dir(cfg, name, inputs) if inputs is not None else None
-    with runs.stage_run(cfg, name, section) as run:
+    with stage_run(cfg, name, section) as run:
         stage = OpenStage(name, run.info.run_id, out)
         if data_report:
-            runs.log_data_report(data_report[0], "data_report", data_report[1])
+            log_data_report(data_report[0], "data_report", data_report[1])
         yield stage
-    if stage.result is not None and runs.is_main():
+    if stage.result is not None and is_main():
         write_json(cfg.run_dir / f"{name}.json", stage.result.to_dict())
 
 

@@ -13,14 +13,14 @@ from alignpipe import tracking
 from alignpipe.core.config import LoraSection, PipelineConfig
 from alignpipe.core.files import atomic_dir
 from alignpipe.data import templates
-from alignpipe.training import launch
 from alignpipe.training.integrity import check_integrity
+from alignpipe.training.launch import deepspeed_args, in_rank
 
 
 def common_args(cfg: PipelineConfig) -> dict[str, Any]:
     """Trainer arguments every training stage sets; the user's section overrides them.
 
-    Inside a launched rank with a DeepSpeed config, the trainer gets it (`launch.deepspeed_args`)."""
+    Inside a launched rank with a DeepSpeed config, the trainer gets it (`deepspeed_args`)."""
     args = {
         "seed": cfg.seed,
         "save_strategy": "steps",
@@ -28,8 +28,8 @@ def common_args(cfg: PipelineConfig) -> dict[str, Any]:
         "eval_strategy": "no",
         "report_to": cfg.tracking.report_to or "none",
     }
-    if cfg.distributed.deepspeed and launch.in_rank():
-        args.update(launch.deepspeed_args(cfg))
+    if cfg.distributed.deepspeed and in_rank():
+        args.update(deepspeed_args(cfg))
     return args
 
 
