@@ -303,7 +303,14 @@ def _report_pipeline(results: dict) -> None:
         print(
             f"reward model: held-out pair accuracy {results['reward'].metrics.get('eval_accuracy', float('nan')):.3f}"
         )
-    for line in verdict_lines(comparisons, [("sft", "base"), (final, "sft")]):
+    pairs = [("sft", "base"), (final, "sft"), ("student_distill", "student_sft"), ("student_distill", "teacher")]
+    if results.get("distill"):
+        d = results["distill"]
+        print(
+            f"distill ({d.details.get('mode')}): student {d.details.get('student_parameters'):,} parameters, "
+            f"teacher {d.details.get('teacher_parameters'):,} (ratio {d.details.get('parameter_ratio')})"
+        )
+    for line in verdict_lines(comparisons, pairs):
         print(line)
     gate = results["gate"]
     if gate.get("passed") is not None:

@@ -1,10 +1,16 @@
 """The Prefect flow `pipeline`, read top to bottom:
-select -> [self_instruct] -> sft -> [reward] -> preference -> evaluate -> promote (the gate) -> compare.
+select -> [self_instruct] -> sft -> [reward] -> preference -> [student_sft -> distill] -> evaluate
+-> promote (the gate) -> compare.
 
 `preference.method` picks the preference step (dpo, kto, orpo, simpo, ppo, rloo, grpo); ppo,
 rloo and grpo learn against a reward model, so the `reward` stage runs before them. With
 `seeds`, sft, reward and the preference step run once per training seed (a task each), and
 evaluate scores every seed's models together, with intervals over items and seeds.
+
+With `distill.enabled`, a student (`distill.student`) is trained twice on the same SFT data:
+SFT-only (`student_sft`) and distilled from the teacher (`distill.teacher`, default the SFT
+model); evaluate scores the teacher and both students beside the others. Teacher and student are
+checked (tokenizers, chat template, sizes) right after `select`, before anything trains.
 
 Each stage is a Prefect task that runs the stage in this process (or, when sft or an offline
 preference method is distributed, as a launched job whose whole process group dies on timeout
@@ -40,13 +46,14 @@ from prefect.context import TaskRunContext
 from prefect.runtime import deployment, flow_run
 
 from alignpipe import tracking
-from alignpipe.core.config import PipelineConfig
+from alignpipe.core.config import DISTILL_LABELS, PipelineConfig
 from alignpipe.core.files import content_digest, written_as_path
 from alignpipe.core.registry import NEEDS_REWARD, STAGES
 from alignpipe.core.result import StageResult
 from alignpipe.data.validate import load_and_validate
 from alignpipe.evaluation import compare, promote
-from alignpipe.flows.runner import run_stage
+from alignpipe.flows.runner import run_stage, student_of
+from alignpipe.stages.distill import check_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +70,13 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
     with tracking.pipeline_run(cfg, _flow_tags(cfg, preference)) as parent:
         selected = _stage("select", cfg, {}) if not cfg.sft.model_path else None
         base = cfg.sft.model_path or selected.model_path
+        student = student_of(cfg, base) if cfg.distill.enabled else None
+        if student:  # teacher and student checked before anything trains (the SFT model keeps the base's tokenizer)
+            check_pair(cfg, cfg.distill.teacher or base, student, cfg.sft.template)
         generated = None
         if cfg.self_instruct.enabled:  # Self-Instruct rows join the SFT mixture
             generated = _stage("self_instruct", cfg, {"generator": cfg.self_instruct.generator or base}).data_path
-        sfts, rewards, prefs = [], [], []
+        sfts, rewards, prefs, twins, distilled = [], [], [], [], []
         for seed_cfg in per_seed(cfg):  # one sft (and preference) model per training seed
             sft = _stage("sft", seed_cfg, {"base": base, "generated": generated})
             sfts.append(sft)
@@ -84,6 +94,14 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
                         {"sft": start, "template": sft.template, "reward": reward and reward.model_path},
                     )
                 )
+            if student:  # the student SFT-only, then distilled from the teacher on the same data
+                twin = _stage("student_sft", seed_cfg, {"base": student, "generated": generated})
+                twins.append(twin)
+                teacher = cfg.distill.teacher or sft.model_path
+                inputs = {"teacher": teacher, "student": student, "template": sft.template, "generated": generated}
+                if cfg.distill.mode == "logits" and cfg.distill.start == "sft":
+                    inputs["student_sft"] = twin.model_path
+                distilled.append(_stage("distill", seed_cfg, inputs))
         sft, reward = sfts[0], rewards[0] if rewards else None
         finals = prefs or sfts
         final = finals[0]
@@ -91,10 +109,18 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
         if prefs:
             models[final.stage] = _one_or_all([p.model_path for p in prefs])
         wanted = {final.stage if m == "preference" else m for m in cfg.evaluate.models} | {final.stage}
+        if distilled:
+            models["teacher"] = _one_or_all([d.lineage["teacher_model"] for d in distilled])
+            models["student_sft"] = _one_or_all([t.model_path for t in twins])
+            models["student_distill"] = _one_or_all([d.model_path for d in distilled])
+            wanted |= set(DISTILL_LABELS)
         scored = {k: v for k, v in models.items() if k in wanted}
         judge = _one_or_all([r.model_path for r in rewards]) if rewards else None
         evaluation = _stage("evaluate", cfg, {"models": scored, "template": sft.template, "reward": judge})
-        verdict = promote_task(cfg, final.stage, final.model_path, evaluation, parent)
+        gated = {"final": final.stage, "preference": final.stage}.get(cfg.promote.candidate, cfg.promote.candidate)
+        gated_path = models[gated] if gated in models else final.model_path
+        gated_path = gated_path[0] if isinstance(gated_path, list) else gated_path
+        verdict = promote_task(cfg, gated, gated_path, evaluation, parent)
         comparison = compare_task(cfg, parent)
     return {
         "select": selected,
@@ -103,6 +129,8 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
         "reward": reward,
         "final": final,
         "final_seeds": finals,
+        "student_sft": twins[0] if twins else None,
+        "distill": distilled[0] if distilled else None,
         "evaluate": evaluation,
         "gate": verdict,
         "comparison": comparison,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignpipe.core.config import PipelineConfig
+from alignpipe.core.config import DISTILL_LABELS, PipelineConfig
 from alignpipe.core.recipe import load_config
 from alignpipe.core.registry import METHODS, STAGES, entry, launchable, stage_of
 from alignpipe.core.result import StageResult
-from alignpipe.training import launch
+from alignpipe.training import launch, models
 
 
 def run_stage(cfg: PipelineConfig, name: str, inputs: dict[str, Any]) -> StageResult:
@@ -65,12 +65,24 @@ def resolve_inputs(cfg: PipelineConfig, name: str, given: dict[str, Any]) -> dic
     missing = [k for k in wanted if k not in inputs]
     if name == "self_instruct" and "generator" in missing:
         inputs["generator"] = cfg.self_instruct.generator or cfg.sft.model_path or upstream("select").model_path
-    elif name == "sft":
+    elif name in ("sft", "student_sft", "distill"):
+        base = None
+        if {"base", "student"} & set(missing):
+            base = cfg.sft.model_path or upstream("select").model_path
         if "base" in missing:
-            inputs["base"] = cfg.sft.model_path or upstream("select").model_path
+            inputs["base"] = base if name == "sft" else student_of(cfg, base)
+        if "student" in missing:
+            inputs["student"] = student_of(cfg, base)
         if "generated" in missing:
             generated = previous_result(cfg, "self_instruct") if cfg.self_instruct.enabled else None
             inputs["generated"] = generated.data_path if generated else None
+        if name == "distill":
+            if "teacher" in missing or "template" in missing:
+                sft = upstream("sft")
+                inputs.setdefault("teacher", cfg.distill.teacher or sft.model_path)
+                inputs.setdefault("template", sft.template)
+            if "student_sft" in missing and cfg.distill.mode == "logits" and cfg.distill.start == "sft":
+                inputs["student_sft"] = upstream("student_sft").model_path
     elif name == "reward" and missing:
         model, template = (cfg.reward.model_path, None) if cfg.reward.model_path else sft_model()
         inputs.setdefault("sft", model)
@@ -89,6 +101,11 @@ def resolve_inputs(cfg: PipelineConfig, name: str, given: dict[str, Any]) -> dic
     return inputs
 
 
+def student_of(cfg: PipelineConfig, base: str) -> str:
+    """The distillation student's base model: `distill.student`, else the pipeline's base."""
+    return models.named_source(cfg, cfg.distill.student) if cfg.distill.student else base
+
+
 def _models_to_score(cfg: PipelineConfig, sft) -> dict[str, str]:
     """base, sft and the preference model of earlier results, as `evaluate.models` asks."""
     method = cfg.preference.method
@@ -101,4 +118,13 @@ def _models_to_score(cfg: PipelineConfig, sft) -> dict[str, str]:
         paths["base"] = cfg.sft.model_path
     if not paths:
         paths["sft"] = sft().model_path
-    return {m: paths[m] for m in ("base", "sft", method) if m in paths}
+    if cfg.distill.enabled:
+        for label, stage in (("student_sft", "student_sft"), ("student_distill", "distill")):
+            found = previous_result(cfg, stage)
+            if found:
+                paths[label] = found.model_path
+        distilled = previous_result(cfg, "distill")
+        if distilled:
+            paths["teacher"] = distilled.lineage.get("teacher_model")
+    order = ("base", "sft", method, *DISTILL_LABELS)
+    return {m: paths[m] for m in order if paths.get(m)}

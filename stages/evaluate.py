@@ -1,12 +1,14 @@
-"""Stage `evaluate`: one frozen suite, run the same way on the base, SFT-only and preference models
-(one model per training seed where `seeds` lists several).
+"""Stage `evaluate`: one frozen suite, run the same way on the base, SFT-only and preference models,
+and with distillation on the teacher and the student SFT-only and distilled (one model per
+training seed where `seeds` lists several).
 
 Per model, on data never trained on:
 - heldout_loss: response-only NLL of the reference answers;
 - task accuracy checked by program (alignpipe.checks), per category, and averaged over the
   categories seen in SFT training (`acc_seen`) and those held out of it entirely (`acc_heldout`);
 - pref_accuracy / pref_margin: how often, and by how much, the model's log-likelihood prefers
-  the chosen answer of a held-out pair; with the SFT model as reference, the DPO implicit
+  the chosen answer of a held-out pair; with the SFT model as reference (for the distilled
+  student, its SFT-only twin), the DPO implicit
   reward accuracy and margin (`reward_accuracy`, `reward_margin`, beta = evaluate.beta);
 - refusal_rate on unsafe prompts and over_refusal on safe ones;
 - loss_seen / loss_heldout: response NLL on rows of categories seen in training vs held out;
@@ -85,14 +87,23 @@ def run_evaluate(
         runs, seed_tables, per_category, samples = [], [], {}, []
         for i in range(n_seeds):
             paths = {name: p[i] if len(p) > 1 else p[0] for name, p in per_seed.items()}
-            reference = _pair_logprobs(paths["sft"], cfg, template, pairs) if "sft" in paths and pairs else None
-            table, items, generations = {}, {}, {}
+            # Implicit rewards are measured against the SFT model a model was trained from: the
+            # distilled student's against its own SFT-only twin, every other model's against `sft`.
+            refs = {r: _pair_logprobs(paths[r], cfg, template, pairs) for r in _REFERENCES if r in paths and pairs}
+            table, items, generations, scored = {}, {}, {}, {}
             for name, path in paths.items():
                 if i and len(per_seed[name]) == 1:  # a model not trained per seed (the base) is scored once
                     table[name], items[name] = seed_tables[0][name], runs[0][name]
                     continue
+                if path in scored:  # one model under two labels (the teacher is the SFT model): scored once
+                    same = scored[path]
+                    table[name], items[name] = dict(table[same]), items[same]
+                    generations[name] = generations[same]
+                    per_category[name] = per_category[same]
+                    continue
+                scored[path] = name
                 metrics, cats, rows_out, items[name] = _score_model(
-                    name, path, cfg, template, rows, pairs, seen, reference, generations
+                    name, path, cfg, template, rows, pairs, seen, refs.get(_reference_of(name)), generations
                 )
                 table[name] = metrics
                 per_category.setdefault(name, []).append(cats)
@@ -200,6 +211,13 @@ def _mean_table(seed_tables: list[dict], summary: dict) -> dict[str, dict[str, f
     return table
 
 
+_REFERENCES = ("sft", "student_sft")
+
+
+def _reference_of(name: str) -> str:
+    return "student_sft" if name.startswith("student_") else "sft"
+
+
 def _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations=None):
     """(metrics, per-category accuracy, sample rows, per-item scores) of one model."""
     model = load_model(path, cfg.model)
@@ -242,7 +260,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     }
     metrics.update(_format_robustness(model, tok, template, rows, correct, cfg))
     if pairs:
-        is_reference = name == "sft" and reference is not None  # already scored as the reference
+        is_reference = name == _reference_of(name) and reference is not None  # already scored as the reference
         chosen, rejected = reference if is_reference else _pair_logprobs(path, cfg, template, pairs, model, tok)
         items["margin"] = [c - r for c, r in zip(chosen, rejected)]
         if reference is not None:

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 from alignpipe.core import trl_api
 from alignpipe.core.config import (
     DATA_FORMATS,
+    DISTILL_LABELS,
+    DISTILL_MODES,
+    DISTILL_STARTS,
     DTYPES,
     EVAL_MODELS,
     LAUNCHERS,
@@ -125,6 +128,7 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         if other != method:  # the chosen method's sub-section is checked merged, above
             for key, msg in trl_api.check_config(METHODS[other].trl_kind, values):
                 bad(f"preference.{other}.{key}", msg)
+    _check_distill(cfg, bad)
     _check_report_to(cfg.tracking.report_to, bad)
     if "wandb" in cfg.tracking.report_to and not wandb_usable():
         bad(
@@ -264,6 +268,58 @@ def _check_orchestration(cfg: PipelineConfig, bad) -> None:
         bad(
             "promote.metrics", "is empty: list the evaluation metrics the gate compares (or set promote.enabled=false)"
         )
+
+
+# TRL distillation fields our `distill` keys set, for both trainers at once.
+_DISTILL_OWNED = {"lmbda": "lmbda", "max_new_tokens": "max_new_tokens", "max_completion_length": "max_new_tokens"}
+
+
+def _check_distill(cfg: PipelineConfig, bad) -> None:
+    d = cfg.distill
+    if d.mode not in DISTILL_MODES:
+        bad("distill.mode", f"must be one of {', '.join(DISTILL_MODES)}, got {d.mode!r}")
+    if d.start not in DISTILL_STARTS:
+        bad("distill.start", f"must be one of {', '.join(DISTILL_STARTS)}, got {d.start!r}")
+    if isinstance(d.lmbda, float) and not 0 <= d.lmbda <= 1:
+        bad("distill.lmbda", f"must be in [0, 1] (the share of on-policy batches), got {d.lmbda}")
+    if isinstance(d.max_new_tokens, int) and d.max_new_tokens < 1:
+        bad("distill.max_new_tokens", f"must be >= 1, got {d.max_new_tokens}")
+    if d.teacher and written_as_path(d.teacher) and not Path(d.teacher).expanduser().is_dir():
+        bad(
+            "distill.teacher",
+            f"model directory {d.teacher} does not exist (give a model dir or a hub id, or leave it unset "
+            "to distil this pipeline's SFT model)",
+        )
+    names = [c.name for c in cfg.model.candidates if c is not None]
+    if d.student and d.student not in names:
+        if written_as_path(d.student) and not Path(d.student).expanduser().is_dir():
+            bad("distill.student", f"model directory {d.student} does not exist")
+        elif not written_as_path(d.student) and "/" not in d.student:
+            bad(
+                "distill.student",
+                f"{d.student!r} is not a model.candidates name ({', '.join(names) or 'none'}), "
+                "a model dir or a hub id (org/name)",
+            )
+    for key, ours in _DISTILL_OWNED.items():
+        if key in d.logits:
+            bad(f"distill.logits.{key}", f"is set by distill.{ours}: set it there (one value for both trainers)")
+    for block, kind, values in (
+        ("sequence", "sft", {**cfg.sft.trl, **d.sequence}),
+        ("logits", d.trl_kind if d.mode == "logits" else "distill", d.logits),
+    ):
+        fields = trl_api.config_fields(kind)
+        for key in getattr(d, block):
+            if key not in fields and key not in _DISTILL_OWNED:
+                close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+                hint = f"; did you mean 'distill.{block}.{close[0]}'?" if close else ""
+                bad(f"distill.{block}.{key}", f"is not a field of trl.{trl_api.config_class_name(kind)}{hint}")
+        known = {k: v for k, v in values.items() if k in fields}
+        for key, msg in trl_api.check_config(kind, known):
+            bad(f"distill.{block}.{key}", msg)
+    labels = ["final", *EVAL_MODELS, *PREFERENCE_METHODS, *(DISTILL_LABELS if d.enabled else ())]
+    if cfg.promote.candidate not in labels:
+        more = "" if d.enabled else f" ({', '.join(DISTILL_LABELS)} need distill.enabled=true)"
+        bad("promote.candidate", f"must be one of {', '.join(labels)}, got {cfg.promote.candidate!r}{more}")
 
 
 def load_deepspeed(path: str) -> dict | str:

@@ -22,6 +22,10 @@ from alignpipe.core.registry import PREFERENCE_METHODS
 TEMPLATES = ("alpaca", "chat")
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_MODELS = ("base", "sft", "preference")
+DISTILL_MODES = ("sequence", "logits")
+DISTILL_STARTS = ("sft", "base")
+# The evaluation labels of the distillation branch (distill.enabled), in the order they are compared.
+DISTILL_LABELS = ("teacher", "student_sft", "student_distill")
 LAUNCHERS = ("deepspeed", "accelerate")
 # Data formats by kind; alignpipe.data.formats holds one normaliser for each.
 SFT_FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "self_instruct")
@@ -196,6 +200,39 @@ class EvaluateSection:
 
 
 @dataclass
+class DistillSection:
+    """Teacher-to-student distillation (`distill` stage). The student is trained twice on the same
+    SFT data: SFT-only (`student_sft`) and distilled (`student_distill`); evaluate scores both
+    beside the teacher.
+
+    sequence: the teacher writes answers to the SFT prompts; they are filtered like any SFT data
+    and the student is trained on them with the SFT stage's settings (`sft`), overlaid with
+    `distill.sequence` (trl.SFTConfig fields).
+    logits: the student matches the teacher's token distributions: TRL's DistillationTrainer
+    (on-policy, `lmbda` 1) or GKDTrainer (`lmbda` < 1: that share of batches on-policy, the rest
+    the dataset's answers), with `distill.logits` (fields of that TRL config)."""
+
+    enabled: bool = False
+    mode: str = "sequence"  # sequence | logits
+    teacher: str | None = None  # hub id or model dir; default: this pipeline's SFT model
+    student: str | None = None  # a model.candidates name, a model dir or hub id; default: the selected base
+    start: str = "sft"  # logits: distil into the student's SFT model (sft) or its base (base)
+    lmbda: float = 1.0  # logits: share of on-policy batches (1: DistillationTrainer; < 1: GKDTrainer)
+    self_instruct: bool = True  # sequence: the teacher also answers the Self-Instruct prompts, when enabled
+    max_new_tokens: int = 64  # longest answer the teacher writes (sequence) or the student samples (logits)
+    lora: LoraSection | None = None
+    sequence: dict[str, Any] = field(default_factory=dict)  # trl.SFTConfig fields over the `sft` section's
+    logits: dict[str, Any] = field(default_factory=dict)  # trl.DistillationConfig (GKDConfig if lmbda < 1)
+
+    @property
+    def trl_kind(self) -> str:
+        """TRL trainer kind of this mode (alignpipe.core.trl_api)."""
+        if self.mode == "sequence":
+            return "sft"
+        return "gkd" if isinstance(self.lmbda, float) and self.lmbda < 1 else "distill"
+
+
+@dataclass
 class DistributedSection:
     """More than one process, or a DeepSpeed config, runs sft and the offline preference methods as a
     multi-rank job (`alignpipe.training.launch`)."""
@@ -232,6 +269,8 @@ class OrchestrationSection:
     reward: StagePolicy = field(default_factory=StagePolicy)
     preference: StagePolicy = field(default_factory=StagePolicy)
     evaluate: StagePolicy = field(default_factory=StagePolicy)
+    student_sft: StagePolicy = field(default_factory=StagePolicy)
+    distill: StagePolicy = field(default_factory=StagePolicy)
     retrain_cron: str | None = None  # e.g. "0 3 * * 0": `pipeline/full` retrains on this schedule when served
 
 
@@ -243,6 +282,7 @@ class PromoteSection:
 
     enabled: bool = True
     model_name: str | None = None  # registry name; default: the experiment name
+    candidate: str = "final"  # the model gated: final (the preference model; SFT in sft-only runs) or a label
     baseline: str = "sft"  # a model label of the evaluation; sft-only runs compare with base
     metrics: list[str] = field(default_factory=lambda: ["pref_accuracy", "acc_seen", "refusal_rate"])
     tolerance: float = 0.05  # non-inferiority margin per metric, in the metric's own units
@@ -266,6 +306,7 @@ class PipelineConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     formats: FormatsSection = field(default_factory=FormatsSection)
     self_instruct: SelfInstructSection = field(default_factory=SelfInstructSection)
+    distill: DistillSection = field(default_factory=DistillSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     orchestration: OrchestrationSection = field(default_factory=OrchestrationSection)

@@ -31,7 +31,7 @@ from alignpipe.core.files import DATA_SUFFIXES, written_as_path
 from alignpipe.core.registry import METHODS
 
 # Keys whose relative values are file paths, resolved against the YAML file's folder.
-_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator"}
+_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator", "teacher", "student"}
 
 
 class _Loader(yaml.SafeLoader):

@@ -90,6 +90,21 @@ STAGES: dict[str, Stage] = {
             seeded=True,
         ),
         Stage(
+            "student_sft",
+            "alignpipe.stages.sft:run_student_sft",
+            ("model", "sft", "data", "formats", "distributed", "seed"),
+            inputs=("base", "generated"),
+            seeded=True,
+            launchable=True,
+        ),
+        Stage(
+            "distill",
+            "alignpipe.stages.distill:run_distill",
+            ("model", "sft", "distill", "data", "formats", "seed"),
+            inputs=("teacher", "student", "student_sft", "template", "generated"),
+            seeded=True,
+        ),
+        Stage(
             "evaluate",
             "alignpipe.stages.evaluate:run_evaluate",
             ("model", "evaluate", "data", "formats", "seed"),

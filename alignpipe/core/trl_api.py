@@ -2,8 +2,8 @@
 
 trl is pinned to 1.12.0 on purpose: the last release that ships PPO (removed after 1.12); PPO
 itself is imported only in `alignpipe.core.ppo_api`. Which method uses which trainer kind is
-declared in `alignpipe.core.registry`. ORPO and CPO (SimPO) live in `trl.experimental`
-in 1.12: those imports are here too, and nowhere else.
+declared in `alignpipe.core.registry`. ORPO, CPO (SimPO) and GKD live in
+`trl.experimental` in 1.12: those imports are here too, and nowhere else.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ _TRL = {
     "cpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),
     "rloo": ("trl", "RLOOConfig", "RLOOTrainer"),
     "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
+    "distill": ("trl", "DistillationConfig", "DistillationTrainer"),
+    "gkd": ("trl.experimental.gkd", "GKDConfig", "GKDTrainer"),
 }
 
 

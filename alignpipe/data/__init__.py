@@ -5,10 +5,12 @@ stages use are re-exported here: `from alignpipe import data; data.stage_rows(cf
 from alignpipe.data.formats import FORMATS, SourceReport, detect_format, load, load_source, normalise
 from alignpipe.data.mixture import (
     TrainingRows,
+    clean_generated,
     drop_duplicates,
     eval_rows,
     eval_sets,
     mix,
+    row_key,
     rows_digest,
     seen_categories,
     sources,
@@ -24,6 +26,7 @@ __all__ = [
     "RowProblem",
     "SourceReport",
     "TrainingRows",
+    "clean_generated",
     "detect_format",
     "drop_duplicates",
     "eval_rows",
@@ -31,6 +34,7 @@ __all__ = [
     "load",
     "load_source",
     "mix",
+    "row_key",
     "normalise",
     "read_table",
     "rows_digest",

@@ -147,6 +147,27 @@ def stage_rows(cfg, kind: str, extra: list | None = None, evals: dict | None = N
     return out, report
 
 
+def clean_generated(cfg, rows: list[dict], source: str, hint: str = "") -> tuple[list[dict], dict]:
+    """(rows kept, report) of rows a stage wrote (a teacher's answers), under the data policy of
+    read rows: empty answers dropped, exact duplicates dropped (data.dedup), rows overlapping an
+    eval set removed or refused (data.decontaminate)."""
+    d = cfg.data
+    dropped = {"empty_answer": 0, "duplicate": 0, "contaminated": 0}
+    kept = [dict(r, _src=source, _at=f"row {i + 1}") for i, r in enumerate(rows) if str(r["output"]).strip()]
+    dropped["empty_answer"] = len(rows) - len(kept)
+    if d.dedup:
+        unique = drop_duplicates(kept)
+        dropped["duplicate"], kept = len(kept) - len(unique), unique
+    report: dict[str, Any] = {"source": source, "generated": len(rows)}
+    if d.decontaminate != "off":
+        clean, report["decontamination"] = decontaminate(kept, eval_sets(cfg), d.ngram, d.decontaminate)
+        dropped["contaminated"], kept = len(kept) - len(clean), clean
+    report.update(dropped=dropped, rows=len(kept))
+    if not kept:
+        raise DataError(f"{source}: no usable generated rows left (dropped: {dropped}){hint}")
+    return [{k: v for k, v in r.items() if k not in ("_src", "_at")} for r in kept], report
+
+
 def row_key(row: dict) -> str:
     parts = [row["instruction"], row["input"]] + ([json.dumps(row["history"])] if row.get("history") else [])
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

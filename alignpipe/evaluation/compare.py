@@ -1,4 +1,5 @@
-"""`alignpipe compare`: base, SFT-only and preference-tuned models side by side, from MLflow.
+"""`alignpipe compare`: base, SFT-only and preference-tuned models side by side (and, with
+distillation, the teacher and the student SFT-only and distilled), from MLflow.
 
 Rows come from the experiment's finished `evaluate` runs, newest first, all on the same
 evaluation suite (the newest run's eval data digest); each model label keeps its newest numbers,
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import mlflow
 
+from alignpipe.core.config import DISTILL_LABELS
+from alignpipe.core.registry import PREFERENCE_METHODS
 from alignpipe.evaluation import stats
 from alignpipe.tracking import use_uri
 
-ORDER = ("base", "sft")
-LABELS = {"sft": "sft-only"}
+ORDER = ("base", "sft", *PREFERENCE_METHODS, *DISTILL_LABELS)
+LABELS = {"sft": "sft-only", "student_sft": "student sft-only", "student_distill": "student distilled"}
 
 
 def collect(experiment: str) -> dict:
@@ -83,6 +86,10 @@ def _differences(found: dict[str, float]) -> dict[str, dict]:
     return diffs
 
 
+def _shown_as(label: str) -> str:
+    return LABELS.get(label, label)
+
+
 def _shown(label: str, seeds: int) -> str:
     name = LABELS.get(label, label)
     return f"{name} ({seeds} seeds)" if seeds > 1 else name
@@ -133,12 +140,16 @@ def format_table(
     metrics: dict[str, dict[str, float]], intervals: dict | None = None, comparisons: dict | None = None
 ) -> str:
     """One row per metric (arrow: which way is better), one column per model (`value [lo, hi]`),
-    then each model's paired difference against the model before it, marked better/tied/worse."""
+    then each model's paired difference against the model before it (the teacher aside: it is
+    compared with the students, not with the model before it), marked better/tied/worse."""
     intervals, comparisons = intervals or {}, comparisons or {}
     extra = ["reward_accuracy", "reward_margin", "rm_score", "rm_win_rate"]
     keys = [k for k in list(stats.HEADLINE) + extra if any(m.get(k) is not None for m in metrics.values())]
     names = list(metrics)
-    chain = [f"{a}_vs_{b}" for b, a in zip(names, names[1:]) if f"{a}_vs_{b}" in comparisons]
+    teacher = next((n for n in names if n.startswith(_shown_as("teacher"))), None)
+    chain = [f"{a}_vs_{b}" for b, a in zip(names, names[1:]) if a != teacher]  # each model vs the one before it
+    chain += [f"{n}_vs_{teacher}" for n in names if teacher]  # and every student vs the teacher
+    chain = [c for c in dict.fromkeys(chain) if c in comparisons]
     head = ["metric"] + names + [c.replace("_vs_", " vs ") for c in chain]
     lines = [head]
     for k in keys:

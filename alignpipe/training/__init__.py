@@ -10,6 +10,8 @@ from alignpipe.training.fit import (
     pair_dataset,
     save_final,
     save_model,
+    sft_dataset,
+    train_sft,
 )
 from alignpipe.training.integrity import IntegrityError, check_integrity
 
@@ -23,4 +25,6 @@ __all__ = [
     "pair_dataset",
     "save_final",
     "save_model",
+    "sft_dataset",
+    "train_sft",
 ]

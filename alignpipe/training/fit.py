@@ -10,9 +10,11 @@ from typing import Any
 from datasets import Dataset
 
 from alignpipe import tracking
+from alignpipe.core import trl_api
 from alignpipe.core.config import LoraSection, PipelineConfig
 from alignpipe.core.files import atomic_dir
 from alignpipe.data import templates
+from alignpipe.training import models
 from alignpipe.training.integrity import check_integrity
 from alignpipe.training.launch import deepspeed_args, in_rank
 
@@ -115,6 +117,52 @@ def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Pa
         tracking.log_json(report, "integrity.json")
     tracking.log_model(model_dir, stage)
     return metrics, model_dir
+
+
+def train_sft(
+    cfg: PipelineConfig,
+    stage: str,
+    out: Path,
+    base: str,
+    train: list[dict],
+    validation: list[dict],
+    template: str,
+    trl: dict[str, Any],
+    lora: LoraSection | None,
+) -> tuple[dict[str, float], Path]:
+    """Supervised training of `base` on prompt/completion rows (loss on the completion only):
+    the SFT stage, and the `sequence` mode of distillation. Returns fit's (metrics, model dir)."""
+    tok = models.load_tokenizer(base, cfg.model)
+    if template == "chat" and not tok.chat_template:
+        raise models.ModelSourceError(f"{base}: has no chat template; set sft.template=alpaca")
+    # The trainer config first: under ZeRO-3 the model is partitioned as it loads.
+    args = trl_api.make_config("sft", str(out / "checkpoints"), trl, ours=common_args(cfg))
+    trainer = trl_api.trainer(
+        "sft",
+        model=models.load_model(base, cfg.model),
+        args=args,
+        train_dataset=sft_dataset(train, template, cfg.formats.variation, cfg.seed),
+        eval_dataset=sft_dataset(validation, template) if validation else None,
+        processing_class=tok,
+        peft_config=lora_config(lora),
+        callbacks=[tracking.MetricsCallback()],
+    )
+    return fit(trainer, tok, out, stage)
+
+
+def sft_dataset(rows: list[dict], template: str, variation: float = 0.0, seed: int = 0) -> Dataset:
+    """TRL prompt/completion rows; a `variation` share of them in a varied format."""
+    return Dataset.from_list(
+        [
+            {
+                "prompt": templates.training_prompt(
+                    template, r["instruction"], r["input"], r["history"], templates.pick_variant(r, variation, seed)
+                ),
+                "completion": templates.training_completion(template, r["output"]),
+            }
+            for r in rows
+        ]
+    )
 
 
 def pair_dataset(rows: list[dict], template: str, variation: float = 0.0, seed: int = 0):

@@ -60,6 +60,13 @@ def resolve(candidate: Candidate, cfg: PipelineConfig) -> str:
     return path  # a hub id: from_pretrained fetches it (needs network or a warm HF cache)
 
 
+def named_source(cfg: PipelineConfig, name: str) -> str:
+    """A loadable location for `name`: a model.candidates name (its dir, hub id or built tiny
+    model), else a model dir or hub id."""
+    found = next((c for c in cfg.model.candidates if c is not None and c.name == name), None)
+    return resolve(found or Candidate(name=name, path=name), cfg)
+
+
 def load_tokenizer(source: str, model: ModelSection):
     from transformers import AutoTokenizer
 
