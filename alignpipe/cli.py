@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             print(f"{args.config}: OK")
             return 0
+        launch.check_ranks(cfg)  # what this machine can run, before any compute
         started = time.time()
         if args.command == "stage":
             result = _stage(cfg, args.name, args.inputs)
@@ -161,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
     except (DataError, ModelSourceError, launch.LaunchError, IntegrityError) as e:
         print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; finished stages are kept, and the interrupted one resumes from its last "
+            "checkpoint when the same command runs again",
+            file=sys.stderr,
+        )
+        return 130
+    except PermissionError as e:
+        print(
+            f"error: {e.filename or e}: permission denied; the state dir and data must be writable/readable "
+            "(set ALIGNPIPE_HOME or state_dir to a folder you own)",
+            file=sys.stderr,
+        )
     except Exception as e:
         if args.command != "run":
             raise

@@ -65,6 +65,8 @@ def run_distill(
         "format_variation": cfg.formats.variation,
     }
     with tracking.open_stage(cfg, "distill", section, inputs, data_report=(rows.report, "train")) as stage:
+        if stage.reused:  # finished earlier with these inputs
+            return stage.result
         tracking.log_model_input(teacher, "teacher")
         tracking.log_model_input(start, "student")
         tracking.log_params({"mode": d.mode, "trainer": trl_api.config_class_name(d.trl_kind), **sizes})
@@ -96,11 +98,8 @@ def check_pair(cfg: PipelineConfig, teacher: str, student: str, template: str) -
         try:
             sizes[role] = models.count_parameters(source, cfg.model)
             toks[role] = models.load_tokenizer(source, cfg.model)
-        except (OSError, ValueError) as e:
-            raise models.ModelSourceError(
-                f"distill.{role}: cannot load {source} ({str(e).strip().splitlines()[0]}); "
-                "give a model dir or a hub id reachable from here"
-            ) from None
+        except models.ModelSourceError as e:
+            raise models.ModelSourceError(f"distill.{role}: {e}") from None
         if template == "chat" and not toks[role].chat_template:
             raise models.ModelSourceError(
                 f"distill.{role}: {source} has no chat template but sft.template is chat; "

@@ -38,6 +38,8 @@ def run_offline(cfg: PipelineConfig, sft: str, template: str | None = None) -> S
     }
     lineage = {"reference_model": sft} if method.has_reference else {}
     with tracking.open_stage(cfg, method.name, section, inputs, data_report=(rows.report, "preference")) as stage:
+        if stage.reused:  # finished earlier with these inputs
+            return stage.result
         tok = models.load_tokenizer(sft, cfg.model)
         ours = {**training.common_args(cfg), **method.fixed}
         # The trainer config first: under ZeRO-3 the model is partitioned as it loads.

@@ -38,6 +38,8 @@ def run_online_rl(cfg: PipelineConfig, sft: str, reward: str, template: str | No
     }
     inputs = {**section, "data": rows.digest, "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
     with tracking.open_stage(cfg, method.name, section, inputs, data_report=(rows.report, "preference")) as stage:
+        if stage.reused:  # finished earlier with these inputs
+            return stage.result
         tok = models.load_tokenizer(sft, cfg.model)
         scorer = models.load_scorer(reward, cfg.model).eval()
         args = trl_api.make_config(

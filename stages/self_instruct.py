@@ -173,6 +173,8 @@ def run_self_instruct(cfg: PipelineConfig, generator: str) -> StageResult:
         "kept": 0,
     }
     with tracking.open_stage(cfg, "self_instruct", section, inputs) as stage:
+        if stage.reused:  # finished earlier with these inputs
+            return stage.result
         tracking.log_dataset(si.seed_tasks, "seed", rows=len(seeds))
         tracking.log_model_input(generator, "generator")
         tok = models.load_tokenizer(generator, cfg.model)

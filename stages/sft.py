@@ -42,6 +42,8 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
         "format_variation": cfg.formats.variation,
     }
     with tracking.open_stage(cfg, name, section, inputs, data_report=(rows.report, "train")) as stage:
+        if stage.reused:  # finished earlier with these inputs
+            return stage.result
         tracking.log_params(
             {"train_rows": len(rows.train), "validation_rows": len(rows.validation), "data_digest": rows.digest}
         )

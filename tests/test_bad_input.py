@@ -4,6 +4,10 @@ Every CLI start costs several seconds (torch/TRL imports), so all cases are star
 module, two at a time, and each test checks its own result.
 """
 
+import gzip
+import json
+import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -30,6 +34,17 @@ def _bad_files(d):
         paths[name].write_text(text, encoding="utf-8")
     paths["non_utf8"] = d / "non_utf8.jsonl"  # line 3: Latin-1 é
     paths["non_utf8"].write_bytes("".join(GOOD[:2]).encode() + b'{"instruction": "caf\xe9", "output": "x"}\n')
+    rows = (ROOT / "data" / "sft.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    paths["gzip"] = d / "gzip.jsonl"  # gzip-compressed under a plain name: read through
+    paths["gzip"].write_bytes(gzip.compress("".join(rows).encode()))
+    paths["zip"] = d / "zip.jsonl"
+    with zipfile.ZipFile(paths["zip"], "w") as z:
+        z.writestr("sft.jsonl", "".join(GOOD))
+    # one list `output` at line 8 among digit-only string answers ("3"): one error, at line 8
+    digits = [json.dumps({"instruction": f"Count {i}.", "input": "", "output": str(i)}) + "\n" for i in range(1, 40)]
+    digits[7] = json.dumps({"instruction": "Count.", "input": "", "output": ["a", "b"]}) + "\n"
+    paths["list_output"] = d / "list_output.jsonl"
+    paths["list_output"].write_text("".join(digits), encoding="utf-8")
     return paths
 
 
@@ -42,9 +57,30 @@ def case(tmp_path_factory):
     (state / "notes.txt").write_text(KEEP)
     before = (state / "notes.txt").stat().st_mtime_ns
     home = {"ALIGNPIPE_HOME": str(d / "validate-state")}
+    same = d / "same_pairs.jsonl"
+    same.write_text(
+        "".join(json.dumps({"prompt": f"Q{i}?", "chosen": "A.", "rejected": " A. "}) + "\n" for i in range(5)),
+        encoding="utf-8",
+    )
+    dup = d / "dup.yaml"
+    dup.write_text((ROOT / TINY).read_text() + "\nseed: 7\n", encoding="utf-8")
+    empty_store = d / "empty-store"
+    empty_store.mkdir()
+    (empty_store / "mlflow.db").write_bytes(b"")
     cases = {
         **{name: (["validate", TINY, "--set", f"data.sft.path={path}"], home) for name, path in f.items()},
         "unknown_key": (["validate", TINY, "--set", "sft.lerning_rate=0.1"], home),
+        "values": (
+            ["validate", TINY, "--set", "sft.learning_rate=-1", "--set", "sft.lora={r: 0}"]
+            + ["--set", "sft.max_steps=0"],
+            home,
+        ),
+        "processes": (["stage", "sft", TINY, "--set", "distributed.num_processes=64"], home),
+        "tracking": (["validate", TINY, "--set", "tracking.uri=http://127.0.0.1:9"], home),
+        "escape": (["validate", TINY, "--set", "experiment=../../escape"], home),
+        "same_pairs": (["validate", TINY, "--set", f"data.preference.path={same}"], home),
+        "duplicate_key": (["validate", str(dup)], home),
+        "empty_store": (["validate", TINY], {"ALIGNPIPE_HOME": str(empty_store)}),
         "model_path": (["validate", TINY, "--set", "sft.model_path=./no/such/dir"], home),
         "candidate_path": (["validate", TINY, "--set", "model.candidates=[{name: x, path: ./nope}]"], home),
         "stage_sft": (
@@ -52,8 +88,15 @@ def case(tmp_path_factory):
             {"ALIGNPIPE_HOME": str(state)},
         ),
     }
+
+    def timed(args, env):
+        start = time.time()
+        proc = run_cli(*args, env=env)
+        proc.seconds = time.time() - start
+        return proc
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_cli, *args, env=env) for name, (args, env) in cases.items()}
+        futures = {name: pool.submit(timed, *case) for name, case in cases.items()}
         results = {name: fut.result() for name, fut in futures.items()}
     return {"files": f, "state": state, "notes_mtime": before, **results}
 
@@ -109,3 +152,49 @@ def test_stage_with_bad_data_stops_before_training(case):
     notes = state / "notes.txt"
     assert notes.read_text() == KEEP
     assert notes.stat().st_mtime_ns == case["notes_mtime"]
+
+
+def test_compressed_files_are_read_or_named(case):
+    assert case["gzip"].returncode == 0 and "Traceback" not in case["gzip"].stderr, case["gzip"].stderr
+    assert "format alpaca; kept 1124" in case["gzip"].stdout
+    check(case["zip"], str(case["files"]["zip"]), "zip-compressed", "decompress it")
+
+
+def test_one_bad_row_gives_one_error_at_its_line(case):
+    proc = case["list_output"]
+    check(proc, str(case["files"]["list_output"]), "line 8", "'output' must be a string, got list")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # not one per later row
+
+
+def test_nonsense_training_values_are_refused_together(case):
+    proc = case["values"]
+    check(proc, "'sft.learning_rate' must be > 0, got -1")
+    check(proc, "'sft.lora.r' must be >= 1")
+    check(proc, "'sft.max_steps' must be > 0 (or -1")
+
+
+def test_more_ranks_than_cores_is_refused(case):
+    check(case["processes"], "distributed.num_processes is 64 but this machine has", "CPU cores")
+    assert "launching" not in case["processes"].stdout  # refused before any rank starts
+
+
+def test_an_unreachable_tracking_server_fails_fast(case):
+    proc = case["tracking"]
+    check(proc, "'tracking.uri'", "http://127.0.0.1:9", "does not answer", "alignpipe up")
+    assert proc.seconds < 60, proc.seconds  # a 3 s probe, not the client's minutes of retries
+
+
+def test_the_experiment_name_cannot_leave_the_state_dir(case):
+    check(case["escape"], "'experiment' must be a plain name", "'../../escape'")
+
+
+def test_pairs_with_the_same_answer_twice_are_refused(case):
+    check(case["same_pairs"], "line 1", "'chosen' and 'rejected' are the same answer", "on_bad_rows=skip")
+
+
+def test_a_key_given_twice_in_the_recipe_is_refused(case):
+    check(case["duplicate_key"], "invalid YAML", "key 'seed' is given twice")
+
+
+def test_an_empty_mlflow_store_is_not_silently_replaced(case):
+    check(case["empty_store"], "'tracking.uri'", "mlflow.db is empty (0 bytes)", "restore it from a backup")

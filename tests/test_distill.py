@@ -125,7 +125,7 @@ def test_a_different_tokenizer_in_logits_mode_says_what_to_do(state, teacher, tm
 
 def test_a_missing_teacher_a_missing_chat_template_and_a_larger_student(state, teacher, student, tmp_path, capsys):
     cfg = _cfg()
-    with pytest.raises(ModelSourceError, match=r"distill.teacher: cannot load no-such-org/no-such-model"):
+    with pytest.raises(ModelSourceError, match=r"distill.teacher: no-such-org/no-such-model: cannot load model"):
         check_pair(cfg, "no-such-org/no-such-model", student, "alpaca")
     plain = tmp_path / "no-chat-template"
     shutil.copytree(teacher, plain)

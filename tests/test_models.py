@@ -135,3 +135,35 @@ def test_resolve_local_dir(built, tmp_path):
     assert models.resolve(Candidate(name="x", path=str(built)), PipelineConfig()) == str(built.resolve())
     with pytest.raises(models.ModelSourceError, match="config.json"):
         models.resolve(Candidate(name="x", path=str(tmp_path)), PipelineConfig())
+
+
+def test_a_damaged_or_custom_code_model_is_one_line_with_the_fix(tmp_path):
+    """A truncated safetensors file and a config that needs its own code: ModelSourceError, no traceback."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignpipe.core.config import ModelSection
+    from alignpipe.training.models import ModelSourceError, count_parameters, load_model
+
+    good = tmp_path / "model"
+    LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=64,
+        )
+    ).save_pretrained(good)
+    weights = good / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelSourceError, match=r"cannot load model .*files may be damaged"):
+        load_model(str(good), ModelSection())
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "config.json").write_text(
+        '{"model_type": "my-own", "auto_map": {"AutoConfig": "my_code.MyConfig", '
+        '"AutoModelForCausalLM": "my_code.MyModel"}}'
+    )
+    with pytest.raises(ModelSourceError, match=r"set model.trust_remote_code=true only if you trust"):
+        count_parameters(str(custom), ModelSection())

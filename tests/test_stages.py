@@ -206,7 +206,7 @@ def test_failed_stage_is_marked_failed_and_keeps_earlier_results(cfg, sft, tmp_p
     bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
     before = (cfg.run_dir / "sft.json").read_text()
     broken = load_config(
-        ROOT / "configs" / "tiny.yaml", FAST + [f"data.preference.path={bad}", "preference.max_steps=0"]
+        ROOT / "configs" / "tiny.yaml", FAST + [f"data.preference.path={bad}", "preference.max_steps=1"]
     )
     broken.state_dir = str(cfg.state_path)
     with pytest.raises(Exception):

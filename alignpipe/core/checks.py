@@ -8,6 +8,8 @@ import difflib
 import json
 import netrc
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +60,12 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
 
     if not cfg.experiment:
         bad("experiment", "must be a non-empty name")
+    elif isinstance(cfg.experiment, str) and not _NAME.fullmatch(cfg.experiment):
+        bad(
+            "experiment",
+            f"must be a plain name (letters, digits, '.', '_', '-'; no '/' or '..'), got {cfg.experiment!r}: "
+            "it names a folder under the state dir",
+        )
     if cfg.seeds and len(set(cfg.seeds)) != len(cfg.seeds):
         bad("seeds", f"must be distinct integers (e.g. [42, 43, 44]), got {cfg.seeds!r}")
     if not cfg.model.candidates and not cfg.sft.model_path:
@@ -124,11 +132,19 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
     ):
         for key, msg in trl_api.check_config(kind, values):
             bad(f"{section}.{key}", msg)
+        _check_training_values(section, values, bad)
+    for other, values in getattr(cfg.preference, "_methods", {}).items():
+        _check_training_values(f"preference.{other}", values, bad)
+    _check_training_values("distill.sequence", cfg.distill.sequence, bad)
+    _check_training_values("distill.logits", cfg.distill.logits, bad)
+    for section in ("sft", "preference", "reward", "distill"):
+        _check_lora(f"{section}.lora", getattr(cfg, section).lora, bad)
     for other, values in getattr(cfg.preference, "_methods", {}).items():
         if other != method:  # the chosen method's sub-section is checked merged, above
             for key, msg in trl_api.check_config(METHODS[other].trl_kind, values):
                 bad(f"preference.{other}.{key}", msg)
     _check_distill(cfg, bad)
+    check_tracking(cfg, bad)
     _check_report_to(cfg.tracking.report_to, bad)
     if "wandb" in cfg.tracking.report_to and not wandb_usable():
         bad(
@@ -274,6 +290,37 @@ def _check_orchestration(cfg: PipelineConfig, bad) -> None:
 _DISTILL_OWNED = {"lmbda": "lmbda", "max_new_tokens": "max_new_tokens", "max_completion_length": "max_new_tokens"}
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Trainer fields whose nonsensical values TRL accepts and then fails on (or trains wrongly with).
+_POSITIVE = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
+_STEPS = ("save_steps", "logging_steps", "eval_steps")
+
+
+def _check_training_values(section: str, values: dict[str, Any], bad) -> None:
+    for key in _POSITIVE:
+        v = values.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
+            bad(f"{section}.{key}", f"must be > 0, got {v}")
+    steps = values.get("max_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and (steps == 0 or steps < -1):
+        bad(f"{section}.max_steps", f"must be > 0 (or -1: train num_train_epochs), got {steps}")
+    for key in _STEPS:
+        v = values.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
+            bad(f"{section}.{key}", f"must be > 0, got {v}")
+
+
+def _check_lora(key: str, lora, bad) -> None:
+    if lora is None:
+        return
+    if isinstance(lora.r, int) and lora.r < 1:
+        bad(f"{key}.r", f"must be >= 1 (the adapter rank), got {lora.r}")
+    if isinstance(lora.alpha, int) and lora.alpha <= 0:
+        bad(f"{key}.alpha", f"must be > 0, got {lora.alpha}")
+    if isinstance(lora.dropout, float) and not 0 <= lora.dropout < 1:
+        bad(f"{key}.dropout", f"must be in [0, 1), got {lora.dropout}")
+
+
 def _check_distill(cfg: PipelineConfig, bad) -> None:
     d = cfg.distill
     if d.mode not in DISTILL_MODES:
@@ -291,7 +338,7 @@ def _check_distill(cfg: PipelineConfig, bad) -> None:
             "to distil this pipeline's SFT model)",
         )
     names = [c.name for c in cfg.model.candidates if c is not None]
-    if d.student and d.student not in names:
+    if d.enabled and d.student and d.student not in names:  # a candidate name means this recipe's candidates
         if written_as_path(d.student) and not Path(d.student).expanduser().is_dir():
             bad("distill.student", f"model directory {d.student} does not exist")
         elif not written_as_path(d.student) and "/" not in d.student:
@@ -320,6 +367,44 @@ def _check_distill(cfg: PipelineConfig, bad) -> None:
     if cfg.promote.candidate not in labels:
         more = "" if d.enabled else f" ({', '.join(DISTILL_LABELS)} need distill.enabled=true)"
         bad("promote.candidate", f"must be one of {', '.join(labels)}, got {cfg.promote.candidate!r}{more}")
+
+
+def check_tracking(cfg: PipelineConfig, bad) -> None:
+    """A tracking server (http URI) answers within a few seconds, or the one line to fix it."""
+    uri = cfg.tracking_uri
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite":
+        _check_sqlite_store(Path(uri[len("sqlite:///") :]), bad)
+        return
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=3).close()
+    except OSError as e:
+        bad(
+            "tracking.uri",
+            f"the MLflow server at {uri} does not answer ({e.strerror or e}); start it (`alignpipe up`) "
+            "or point tracking.uri / MLFLOW_TRACKING_URI at a running one",
+        )
+
+
+def _check_sqlite_store(db: Path, bad) -> None:
+    """An existing MLflow sqlite store is a readable SQLite database (never silently replaced)."""
+    if not db.is_file():
+        return
+    fix = "restore it from a backup, or move it aside to start a new store (its run history stays in it)"
+    if db.stat().st_size == 0:
+        bad("tracking.uri", f"the MLflow store {db} is empty (0 bytes), not a database; {fix}")
+        return
+    try:
+        with open(db, "rb") as f:
+            header = f.read(16)
+    except OSError as e:
+        bad("tracking.uri", f"the MLflow store {db} cannot be read ({e.strerror}); check its permissions")
+        return
+    if header != b"SQLite format 3\x00":
+        bad("tracking.uri", f"the MLflow store {db} is not an SQLite database (damaged?); {fix}")
 
 
 def load_deepspeed(path: str) -> dict | str:

@@ -35,7 +35,23 @@ _PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "gene
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `3e-4` as a string; accept the exponent forms people write for rates."""
+    """YAML 1.1 reads `3e-4` as a string; accept the exponent forms people write for rates. A key
+    given twice in one mapping is an error (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' is given twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(

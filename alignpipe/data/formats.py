@@ -333,6 +333,12 @@ def normalise(
             raise RowProblem("empty_text", f"{where}: field '{_PROMPT_FIELD.get(fmt, 'prompt')}' is empty")
         if kind != "preference" and not row["output"].strip():
             raise RowProblem("empty_text", f"{where}: field '{_ANSWER_FIELD.get(fmt, 'completion')}' is empty")
+        if kind == "preference" and " ".join(row["chosen"].split()) == " ".join(row["rejected"].split()):
+            raise RowProblem(
+                "same_answers",
+                f"{where}: 'chosen' and 'rejected' are the same answer, so the pair teaches nothing; "
+                "fix the pair, or set data.on_bad_rows=skip to drop such rows",
+            )
         row["category"] = given or category or ""
         if kind == "eval":
             check = _text(where, rec, "check", required=False, default="exact")

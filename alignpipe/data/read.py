@@ -1,10 +1,13 @@
-"""Reading data as users bring it: JSON/JSONL, Parquet, CSV, `save_to_disk` folders and hub ids
-(through `datasets`); when `datasets` cannot parse a JSON file, a line reader names the exact line."""
+"""Reading data as users bring it: JSON/JSONL (plain or gzip-compressed), Parquet, CSV,
+`save_to_disk` folders and hub ids. JSON is read line by line with the `json` module, as the
+user wrote it: no type inference (a "3" stays a string), and an error names the exact line."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ def read_table(path: str | Path, split: str = "train") -> tuple[list[Any], list[
         raise DataError(f"{p}: file not found; check the data path in the config")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty; it needs at least one row")
+    _readable(p)
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".csv"):
         try:
@@ -73,30 +77,37 @@ def read_table(path: str | Path, split: str = "train") -> tuple[list[Any], list[
             raise DataError(f"{p}: cannot read as {suffix[1:].upper()} ({type(e).__name__}: {str(e)[:200]})") from None
         first = 2 if suffix == ".csv" else 1  # CSV: line 1 is the header
         return ds.to_list(), [f"line {i + first}" if suffix == ".csv" else f"row {i + 1}" for i in range(len(ds))]
-    quiet = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # it logs parse errors the line reader reports better
+    return _read_json_lines(p)
+
+
+def _readable(p: Path) -> None:
+    """The file can be opened for reading, or a DataError saying why and what to do."""
     try:
-        records = datasets.load_dataset("json", data_files=str(p), split="train").to_list()
-    except Exception:  # malformed JSON, mixed types, bad encoding: the line reader names the line
-        return _read_json_lines(p)
-    finally:
-        datasets.logging.set_verbosity(quiet)
-    text = p.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        lines = _array_item_lines(text, len(records))
-    else:
-        lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if len(lines) != len(records):  # e.g. a JSON object spread over lines: fall back to exact reading
-        return _read_json_lines(p)
-    return records, [f"line {n}" for n in lines]
+        with open(p, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise DataError(f"{p}: permission denied; make the file readable (chmod +r) or copy it") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror}); check the file") from None
+
+
+_COMPRESSED = {b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"(\xb5/\xfd": "zstd"}
 
 
 def _read_json_lines(p: Path) -> tuple[list[Any], list[str]]:
     if not p.is_file():
         raise DataError(f"{p}: file not found; check the data path in the config")
     raw = p.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip, whatever the name says: read through it
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{p}: a damaged gzip file ({e}); re-create or decompress it") from None
+    kind = next((name for magic, name in _COMPRESSED.items() if raw.startswith(magic)), None)
+    if kind:
+        raise DataError(f"{p}: a {kind}-compressed file, not JSON; decompress it first (or gzip it: gzip is read)")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark is dropped
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(

@@ -25,6 +25,7 @@ class OpenStage:
     run_id: str | None
     out: Path | None
     result: StageResult | None = None
+    reused: bool = False  # finished earlier with the same inputs: `result` is that result, nothing runs
 
     def finish(self, metrics: dict[str, Any], **fields: Any) -> StageResult:
         """The stage's result, logged to its run as result.json (and written to the state dir on exit)."""
@@ -46,15 +47,28 @@ def open_stage(
     inputs: what the stage's outputs depend on; given, the stage gets its own output folder, keyed
     by them, so a checkpoint is only ever resumed by the same job. data_report: (report, context)
     of the rows it trains on, logged to the run. On success the result the stage `finish`ed with
-    is written to `<run_dir>/<name>.json`, where `alignpipe stage` finds upstream results."""
+    is written to `<run_dir>/<name>.json`, where `alignpipe stage` finds upstream results, and
+    to its output folder: run again with the same inputs, the stage is a no-op that says so
+    (`reused`: the stage returns `result`), so a model a run references is never trained over."""
     out = output_dir(cfg, name, inputs) if inputs is not None else None
-    with stage_run(cfg, name, section) as run:
-        stage = OpenStage(name, run.info.run_id, out)
-        if data_report:
-            log_data_report(data_report[0], "data_report", data_report[1])
+    earlier = StageResult.read(out / "result.json") if out else None
+    if earlier and all(Path(p).exists() for p in (earlier.model_path, earlier.data_path) if p):
+        print(
+            f"{name}: already finished with these inputs (MLflow run {earlier.run_id}); reusing {out}. "
+            "Change an input to train a new one"
+        )
+        stage = OpenStage(name, earlier.run_id, out, earlier, reused=True)
         yield stage
+    else:
+        with stage_run(cfg, name, section) as run:
+            stage = OpenStage(name, run.info.run_id, out)
+            if data_report:
+                log_data_report(data_report[0], "data_report", data_report[1])
+            yield stage
     if stage.result is not None and is_main():
         write_json(cfg.run_dir / f"{name}.json", stage.result.to_dict())
+        if out and not stage.reused:
+            write_json(out / "result.json", stage.result.to_dict())
 
 
 def output_dir(cfg: PipelineConfig, stage: str, inputs: dict[str, Any]) -> Path:

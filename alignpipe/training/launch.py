@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.result import StageResult
@@ -141,6 +143,23 @@ def environment(cfg: PipelineConfig) -> dict[str, str]:
     return env
 
 
+def check_ranks(cfg: PipelineConfig) -> None:
+    """More ranks than this machine has GPUs (else CPU cores) for: LaunchError, before anything
+    starts. Checked when a recipe runs, not by `validate`: a GPU recipe validates on any machine."""
+    d = cfg.distributed
+    if d.hostfile or not isinstance(d.num_processes, int) or d.num_processes <= 1:
+        return
+    if torch.cuda.is_available():
+        have, what = torch.cuda.device_count(), "GPUs"
+    else:
+        have, what = len(os.sched_getaffinity(0)), "CPU cores"
+    if d.num_processes > have:
+        raise LaunchError(
+            f"distributed.num_processes is {d.num_processes} but this machine has {have} {what}: "
+            f"one rank per {what[:-1]} at most (or give distributed.hostfile to use several machines)"
+        )
+
+
 def run(
     cfg: PipelineConfig,
     stage: str,
@@ -157,6 +176,7 @@ def run(
         raise ConfigError(
             [f"{stage}: a launched stage needs the recipe file (load the config with load_config(path))"]
         )
+    check_ranks(cfg)
     check_port(cfg.distributed.master_port)
     result_path = cfg.run_dir / f".{stage}-launch-result.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)

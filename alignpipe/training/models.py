@@ -70,7 +70,10 @@ def named_source(cfg: PipelineConfig, name: str) -> str:
 def load_tokenizer(source: str, model: ModelSection):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    except Exception as e:
+        raise ModelSourceError(_cannot_load(source, e).replace("cannot load model", "cannot load tokenizer")) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -88,8 +91,20 @@ def load_model(source: str, model: ModelSection, **kwargs):
             trust_remote_code=model.trust_remote_code,
             **kwargs,
         )
-    except OSError as e:
-        raise ModelSourceError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # missing, damaged (a truncated safetensors file), or needing remote code
+        raise ModelSourceError(_cannot_load(source, e)) from None
+
+
+def _cannot_load(source: str, e: Exception) -> str:
+    """One line: which model, what went wrong, and the fix."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if "trust_remote_code" in str(e):
+        fix = "it needs its own code: set model.trust_remote_code=true only if you trust its source"
+    elif isinstance(e, OSError) and not Path(source).exists():
+        fix = "check the path, or the hub id and your network"
+    else:
+        fix = "its files may be damaged or incomplete: re-create or re-download it"
+    return f"{source}: cannot load model ({type(e).__name__}: {first}); {fix}"
 
 
 def load_scorer(source: str, model: ModelSection, pad_token_id: int | None = None):
@@ -105,8 +120,8 @@ def load_scorer(source: str, model: ModelSection, pad_token_id: int | None = Non
             use_safetensors=True,
             trust_remote_code=model.trust_remote_code,
         )
-    except OSError as e:
-        raise ModelSourceError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
+    except Exception as e:
+        raise ModelSourceError(_cannot_load(source, e)) from None
     if pad_token_id is not None:
         scorer.config.pad_token_id = pad_token_id
     return scorer
@@ -116,9 +131,12 @@ def count_parameters(source: str, model: ModelSection) -> int:
     """Parameters from the config alone (built on the meta device: no weights are read)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code)
-    with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
+    except Exception as e:
+        raise ModelSourceError(_cannot_load(source, e)) from None
     return sum(p.numel() for p in m.parameters())
 
 
