@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if launch.in_rank():
         _prefix_output(f"[rank {launch.rank()}] ")
+        launch.watch_launcher()
+    _stop_on_sigterm()
     _prefect_defaults()
     try:
         if args.command == "compare":
@@ -151,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             _report_stage(result)
         else:
-            from alignpipe.flows.pipeline import pipeline
+            from alignpipe.flows.pipeline import run_here
 
-            result = pipeline(config=args.config, overrides=args.overrides, preference=not args.sft_only)
+            result = run_here(args.config, args.overrides, preference=not args.sft_only)
             _report_pipeline(result)
         print(f"done in {time.time() - started:.0f}s; MLflow: {cfg.tracking_uri} (experiment '{cfg.experiment}')")
         return 0
@@ -259,6 +261,17 @@ def _compare(args) -> int:
     experiment = args.experiment or cfg.experiment
     print(compare.report(experiment, cfg.tracking_uri))
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a scheduler's stop) ends the command like Ctrl-C: `finally` blocks run, so
+    a launched job's process group is killed and the stage's MLflow run ends FAILED."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _prefix_output(prefix: str) -> None:

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -46,8 +47,9 @@ from prefect.context import TaskRunContext
 from prefect.runtime import deployment, flow_run
 
 from alignpipe import tracking
+from alignpipe.core import processes
 from alignpipe.core.config import DISTILL_LABELS, PipelineConfig
-from alignpipe.core.files import content_digest, written_as_path
+from alignpipe.core.files import FileLock, content_digest, written_as_path
 from alignpipe.core.registry import NEEDS_REWARD, STAGES
 from alignpipe.core.result import StageResult
 from alignpipe.data.validate import load_and_validate
@@ -65,6 +67,9 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
 
     `config`: a YAML recipe (relative to the working dir); `overrides`: `key=value` items as
     with `--set`; `preference: false` is the SFT-only pipeline. Everything is validated first."""
+    _started()
+    if not os.environ.get("PREFECT_API_URL"):  # the temporary server dies with this process, even on SIGKILL
+        processes.reap_with(os.getpid(), processes.children(os.getpid(), b"prefect.server"))
     cfg = load_and_validate(config, list(overrides or []))
     _stop_on_sigterm()
     with tracking.pipeline_run(cfg, _flow_tags(cfg, preference)) as parent:
@@ -136,6 +141,30 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
         "comparison": comparison,
         "parent_run_id": parent,
     }
+
+
+_starting: FileLock | None = None
+
+
+def run_here(config: str, overrides: list[str], preference: bool = True) -> dict:
+    """The flow in this process (`alignpipe run`), on a temporary Prefect server unless
+    PREFECT_API_URL names one. Several runs at once in one home share PREFECT_HOME: their servers
+    start (and migrate its database) one at a time; each flow releases the start-up lock as it begins."""
+    global _starting
+    if not os.environ.get("PREFECT_API_URL"):
+        home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+        _starting = FileLock(home / ".startup.lock").acquire("waiting for another run's Prefect server to start")
+    try:
+        return pipeline(config=config, overrides=overrides, preference=preference)
+    finally:
+        _started()
+
+
+def _started() -> None:
+    global _starting
+    if _starting is not None:
+        _starting.release()
+        _starting = None
 
 
 def per_seed(cfg: PipelineConfig) -> list[PipelineConfig]:

@@ -7,7 +7,9 @@ into <repo>/.alignpipe/cache/torch_extensions; later runs reuse them.
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -443,3 +445,44 @@ def test_integrity_check_catches_an_empty_tensor(tmp_path):
     save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(IntegrityError, match="empty tensor model.layers.0.mlp.up_proj.weight"):
         check_integrity(tmp_path, config, tokenizer)
+
+
+def _launched_by(pid: int) -> list[int]:
+    """PIDs of live processes a launched job started for the CLI process `pid` (launcher and ranks)."""
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"{launch.WATCH_ENV}={pid}".encode() in env.read_bytes().split(b"\0"):
+                stat = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if stat not in "ZX":
+                    found.append(int(env.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_no_rank_outlives_the_stage(ranks_state, sig):
+    """The launcher and both ranks die with `alignpipe stage sft` on SIGTERM and on SIGKILL (which
+    gives the CLI no chance: each rank watches the process that launched it)."""
+    cmd = [str(ROOT / ".venv" / "bin" / "alignpipe"), "stage", "sft", TINY, *sum((["--set", s] for s in FAST), [])]
+    cmd += ["--set", "sft.max_steps=2000", "--set", f"distributed.master_port={_free_port()}"]
+    env = {**os.environ, "ALIGNPIPE_HOME": str(ranks_state)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_launched_by(proc.pid)) < 3:  # the launcher and two ranks
+            assert proc.poll() is None and time.monotonic() < deadline, "the job never started its ranks"
+            time.sleep(0.5)
+        time.sleep(5)  # the ranks are past their start-up
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _launched_by(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _launched_by(proc.pid), "ranks outlived the stage"
+    finally:
+        for pid in _launched_by(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()

@@ -191,6 +191,19 @@ def test_failed_stage_keeps_earlier_runs_and_artifacts(servers, tmp_path):
     assert tags["alignpipe.cached.preference"] == "false"
 
 
+def _group(pgid: int) -> list[int]:
+    """Live processes of a process group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
     """`alignpipe run` (the same flow, on a temporary Prefect server) killed with SIGKILL part-way
     through SFT, as when a machine is lost; the next run picks up from the last checkpoint."""
@@ -215,8 +228,15 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
         while not list(home.glob("runs/tiny/sft-*/checkpoints/checkpoint-10/trainer_state.json")):
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before SFT saved a checkpoint"
             time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)  # the run alone: what it started must die with it
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group(proc.pid), "the temporary Prefect server outlived its run"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if _group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not list(home.glob("runs/tiny/sft-*/model"))  # it really died part-way
     again = run_cli(*args, env={"ALIGNPIPE_HOME": str(home)}, timeout=900)
@@ -230,6 +250,13 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
         ).read_text()
     )
     assert state["global_step"] == 40
+    # the killed run's MLflow runs (its pipeline parent and its sft) were ended KILLED on the next start
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    killed = sorted(r.info.run_name for r in runs if r.info.status == "KILLED")
+    assert killed == ["pipeline", "sft"], killed
+    assert all("had died" in r.data.tags["alignpipe.closed_by"] for r in runs if r.info.status == "KILLED")
 
 
 def test_ppo_path_through_the_deployment_records_reward_model_lineage(servers, full_run):

@@ -4,6 +4,7 @@ environment variables."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -88,6 +89,43 @@ def atomic_dir(target: Path, replace: bool = True) -> Iterator[Path]:
         os.replace(tmp, target)
     except OSError:  # replace=False and the target exists
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FileLock:
+    """An exclusive advisory lock on a file, across processes (flock): released on `release`, or
+    by the OS when the process dies, so a killed holder never leaves it stuck."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = None
+
+    def acquire(self, waiting: str | None = None) -> FileLock:
+        """Take the lock; if another process holds it, print `waiting` (when given) and wait."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+@contextmanager
+def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
+    """Hold FileLock(path) for the block."""
+    lock = FileLock(path).acquire(waiting)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import sys
 import time
 import warnings
@@ -24,8 +25,9 @@ from typing import Any
 import mlflow
 from transformers import TrainerCallback
 
+from alignpipe.core import processes
 from alignpipe.core.config import PipelineConfig
-from alignpipe.core.files import env_override, file_digest
+from alignpipe.core.files import env_override, file_digest, file_lock
 
 PARENT_ENV = "ALIGNPIPE_PARENT_RUN_ID"
 PACKAGES = (
@@ -51,20 +53,47 @@ def use_uri(uri: str) -> None:
 
 
 def setup(cfg: PipelineConfig) -> str:
-    """Point MLflow at the configured store and return the experiment id (artifacts under the state dir)."""
+    """Point MLflow at the configured store and return the experiment id (artifacts under the state
+    dir). Runs left RUNNING by a process of this machine that no longer exists are ended KILLED."""
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     use_uri(cfg.tracking_uri)
-    exp = mlflow.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if cfg.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
-        # a database store, not a server: without a location, artifacts would land in ./mlruns of the cwd
-        location = (cfg.state_path / "mlartifacts" / cfg.experiment).as_uri()
-    try:
+    # Several runs at once in one home: the store's tables are created (migrated) by one of them.
+    with file_lock(cfg.state_path / ".mlflow.lock"):
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+        if exp is not None:
+            close_orphans(exp.experiment_id)
+            return exp.experiment_id
+        location = None
+        if cfg.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+            # a database store, not a server: without a location, artifacts would land in ./mlruns of the cwd
+            location = (cfg.state_path / "mlartifacts" / cfg.experiment).as_uri()
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-        return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process holds a run open: set on every run this project starts."""
+    return {"alignpipe.host": socket.gethostname(), "alignpipe.pid": str(os.getpid())}
+
+
+def close_orphans(experiment_id: str) -> list[str]:
+    """End as KILLED the experiment's RUNNING runs whose process (on this machine) is gone: a stage
+    or pipeline killed too hard (SIGKILL, power loss) to end its own run. Returns their ids."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`alignpipe.host` = '{host}'", max_results=200
+    )
+    closed = []
+    for run in runs:
+        pid = int(run.data.tags.get("alignpipe.pid", "0") or 0)
+        if pid <= 0 or processes.alive(pid):
+            continue
+        client.set_tag(run.info.run_id, "alignpipe.closed_by", f"the next start: process {pid} had died")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        print(f"tracking: ended {len(closed)} run(s) left RUNNING by a killed process as KILLED: {', '.join(closed)}")
+    return closed
 
 
 def environment() -> dict[str, Any]:
@@ -155,6 +184,7 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
         "alignpipe.stage": stage,
         "alignpipe.config_digest": cfg.digest(),
         "alignpipe.config_file": cfg.source,
+        **owner_tags(),
     }
     global _active_cfg
     _active_cfg = cfg
@@ -186,7 +216,9 @@ def pipeline_run(cfg: PipelineConfig, tags: dict[str, str]) -> Iterator[str]:
     Yields the parent run id; the run ends FAILED (and the error propagates) if anything raises."""
     experiment_id = setup(cfg)
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name="pipeline", tags={**tags, "alignpipe.stage": "pipeline"})
+    run = client.create_run(
+        experiment_id, run_name="pipeline", tags={**tags, "alignpipe.stage": "pipeline", **owner_tags()}
+    )
     run_id = run.info.run_id
     started = time.time()
     status = "FAILED"

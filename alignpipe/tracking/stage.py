@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alignpipe.core.config import PipelineConfig
-from alignpipe.core.files import write_json
+from alignpipe.core.files import FileLock, write_json
 from alignpipe.core.result import StageResult
 from alignpipe.tracking.runs import is_main, log_data_report, log_json, stage_run
 
@@ -51,24 +51,35 @@ def open_stage(
     to its output folder: run again with the same inputs, the stage is a no-op that says so
     (`reused`: the stage returns `result`), so a model a run references is never trained over."""
     out = output_dir(cfg, name, inputs) if inputs is not None else None
-    earlier = StageResult.read(out / "result.json") if out else None
-    if earlier and all(Path(p).exists() for p in (earlier.model_path, earlier.data_path) if p):
-        print(
-            f"{name}: already finished with these inputs (MLflow run {earlier.run_id}); reusing {out}. "
-            "Change an input to train a new one"
-        )
-        stage = OpenStage(name, earlier.run_id, out, earlier, reused=True)
-        yield stage
-    else:
-        with stage_run(cfg, name, section) as run:
-            stage = OpenStage(name, run.info.run_id, out)
-            if data_report:
-                log_data_report(data_report[0], "data_report", data_report[1])
+    # One process at a time trains into a folder: another run with the same inputs waits, then reuses.
+    held = out is not None and is_main()
+    lock = (
+        FileLock(out / ".lock").acquire(f"{name}: another run is on these same inputs ({out}); waiting")
+        if held
+        else None
+    )
+    try:
+        earlier = StageResult.read(out / "result.json") if out else None
+        if earlier and all(Path(p).exists() for p in (earlier.model_path, earlier.data_path) if p):
+            print(
+                f"{name}: already finished with these inputs (MLflow run {earlier.run_id}); reusing {out}. "
+                "Change an input to train a new one"
+            )
+            stage = OpenStage(name, earlier.run_id, out, earlier, reused=True)
             yield stage
-    if stage.result is not None and is_main():
-        write_json(cfg.run_dir / f"{name}.json", stage.result.to_dict())
-        if out and not stage.reused:
-            write_json(out / "result.json", stage.result.to_dict())
+        else:
+            with stage_run(cfg, name, section) as run:
+                stage = OpenStage(name, run.info.run_id, out)
+                if data_report:
+                    log_data_report(data_report[0], "data_report", data_report[1])
+                yield stage
+        if stage.result is not None and is_main():
+            write_json(cfg.run_dir / f"{name}.json", stage.result.to_dict())
+            if out and not stage.reused:
+                write_json(out / "result.json", stage.result.to_dict())
+    finally:
+        if lock:
+            lock.release()
 
 
 def output_dir(cfg: PipelineConfig, stage: str, inputs: dict[str, Any]) -> Path:

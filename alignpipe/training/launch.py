@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from alignpipe.core import processes
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.result import StageResult
@@ -140,7 +141,28 @@ def environment(cfg: PipelineConfig) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     cwd = str(Path.cwd())  # ranks must import this checkout's code, as we do
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
+    env[WATCH_ENV] = str(os.getpid())  # the ranks die with this process (`watch_launcher`)
     return env
+
+
+WATCH_ENV = "ALIGNPIPE_LAUNCHED_BY"
+
+
+def watch_launcher(interval: float = 2.0) -> None:
+    """In a rank: if the process that launched the job dies, even by SIGKILL (which gives it no
+    chance to stop its ranks), kill this job's whole process group (the launcher and every rank)."""
+    pid = int(os.environ.get(WATCH_ENV, "0") or 0)
+    if pid <= 0:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if not processes.alive(pid):
+                print(f"the process that launched this job ({pid}) is gone: stopping every rank", flush=True)
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="alignpipe-launcher-watch").start()
 
 
 def check_ranks(cfg: PipelineConfig) -> None:

@@ -1,0 +1,70 @@
+"""Process lifetimes: nothing the project starts outlives what started it, even when that is
+killed with SIGKILL (which runs no `finally`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_WATCHDOG = """
+import os, signal, sys, time
+owner, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+while alive(owner) and any(alive(p) for p in pids):
+    time.sleep(1)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    time.sleep(3)
+"""
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def children(pid: int, marker: bytes) -> list[int]:
+    """Live child processes of `pid` whose command line contains `marker`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] not in "ZX" and marker in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def reap_with(owner: int, pids: list[int]) -> None:
+    """Start a small detached watchdog that stops `pids` (SIGTERM, then SIGKILL) once `owner` is
+    gone: for helpers a library started (Prefect's temporary server), which would otherwise
+    outlive a SIGKILLed owner. It exits by itself once the helpers are gone."""
+    if not pids:
+        return
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(owner), *map(str, pids)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
