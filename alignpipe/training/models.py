@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from alignpipe.core.config import Candidate, ModelSection, PipelineConfig, TinySpec
-from alignpipe.core.files import atomic_dir
+from alignpipe.core.files import atomic_dir, file_lock
 from alignpipe.data import demo, templates
 
 BUILDER_VERSION = "2"  # bump when the tiny builder's output would change
@@ -184,6 +184,14 @@ def build_tiny(spec: TinySpec, root: Path) -> Path:
     out = root / f"tiny-{spec.arch}-{spec.hidden_size}x{spec.num_layers}-{key}"
     if (out / "config.json").is_file():
         return out
+    # Runs started together build each model once: the others wait, then read it.
+    with file_lock(root / f".{out.name}.lock", f"waiting for another process building {out.name}"):
+        if not (out / "config.json").is_file():
+            _build_tiny(spec, root, corpus, out)
+    return out
+
+
+def _build_tiny(spec: TinySpec, root: Path, corpus: list[str], out: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(build_tokenizer(spec.vocab_size, root, corpus))
@@ -208,7 +216,6 @@ def build_tiny(spec: TinySpec, root: Path) -> Path:
                 indent=2,
             )
         )
-    return out
 
 
 def _init_model(spec: TinySpec, tok):
