@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return _servers(args)
     # The rest of the package is imported here, not at the top: `up`, `down` and `status` need
     # none of it (torch, transformers, prefect and mlflow take seconds to import).
+    from alignpipe.core import processes
     from alignpipe.core.errors import ConfigError
     from alignpipe.data.read import DataError
     from alignpipe.data.validate import load_and_validate
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if launch.in_rank():
         _prefix_output(f"[rank {launch.rank()}] ")
         launch.watch_launcher()
-    _stop_on_sigterm()
+    processes.stop_on_sigterm()  # like Ctrl-C: a launched job's process group is killed
     _prefect_defaults()
     try:
         if args.command == "compare":
@@ -261,17 +262,6 @@ def _compare(args) -> int:
     experiment = args.experiment or cfg.experiment
     print(compare.report(experiment, cfg.tracking_uri))
     return 0
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a `kill`, a scheduler's stop) ends the command like Ctrl-C: `finally` blocks run, so
-    a launched job's process group is killed and the stage's MLflow run ends FAILED."""
-    import signal
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
 
 
 def _prefix_output(prefix: str) -> None:

@@ -33,10 +33,8 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,7 +69,7 @@ def pipeline(config: str = "configs/tiny.yaml", overrides: list[str] | None = No
     if not os.environ.get("PREFECT_API_URL"):  # the temporary server dies with this process, even on SIGKILL
         processes.reap_with(os.getpid(), processes.children(os.getpid(), b"prefect.server"))
     cfg = load_and_validate(config, list(overrides or []))
-    _stop_on_sigterm()
+    processes.stop_on_sigterm(SystemExit)  # a cancelled flow run: finally blocks run, then it exits
     with tracking.pipeline_run(cfg, _flow_tags(cfg, preference)) as parent:
         selected = _stage("select", cfg, {}) if not cfg.sft.model_path else None
         base = cfg.sft.model_path or selected.model_path
@@ -362,10 +360,3 @@ def git_commit() -> str:
     if out.returncode != 0:
         return "unknown"
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _stop_on_sigterm() -> None:
-    """A cancelled flow run gets SIGTERM: raise, so `finally` blocks kill launched process groups
-    and the stage's MLflow run ends FAILED."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))

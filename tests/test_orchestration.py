@@ -259,6 +259,40 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
     assert all("had died" in r.data.tags["alignpipe.closed_by"] for r in runs if r.info.status == "KILLED")
 
 
+def test_sigterm_stops_a_run_training_in_process_and_leaves_nothing_running(tmp_path):
+    """SIGTERM to `alignpipe run` while SFT trains in a Prefect task thread: the command ends (the
+    training thread cannot be interrupted: it exits after a grace period), nothing of it is left."""
+    home = tmp_path / "state"
+    cmd = [str(ROOT / ".venv" / "bin" / "alignpipe"), "run", "configs/tiny.yaml", "--set", "sft.max_steps=400"]
+    env = {**os.environ, "ALIGNPIPE_HOME": str(home)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not list(home.glob("runs/tiny/sft-*/checkpoints")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before SFT started"
+            time.sleep(0.5)
+        time.sleep(3)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+        deadline = time.monotonic() + 30
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group(proc.pid), "a process of the stopped run is still running"
+    finally:
+        if _group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    parent = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string="attributes.run_name = 'pipeline'", output_format="list"
+    )
+    assert [r.info.status for r in parent] == ["FAILED"]
+
+
 def test_ppo_path_through_the_deployment_records_reward_model_lineage(servers, full_run):
     """`preference.method=ppo`: the flow inserts the reward stage; PPO records the reward model
     and the SFT model as inputs; the comparison holds SFT-only, DPO and PPO side by side."""

@@ -4,8 +4,10 @@ killed with SIGKILL (which runs no `finally`)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 _WATCHDOG = """
@@ -68,3 +70,20 @@ def reap_with(owner: int, pids: list[int]) -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def stop_on_sigterm(exc: type[BaseException] = KeyboardInterrupt, grace: float = 20.0) -> None:
+    """SIGTERM (a `kill`, a cancelled flow run) raises `exc` in the main thread, so `finally`
+    blocks run: launched process groups are killed, MLflow runs end FAILED. Training that runs in
+    another thread (a Prefect task) cannot be interrupted: after `grace` seconds the process exits
+    anyway (143), and the next start ends the runs it left open as KILLED."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        timer = threading.Timer(grace, os._exit, args=(128 + signal.SIGTERM,))
+        timer.daemon = True
+        timer.start()
+        raise exc(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
