@@ -191,6 +191,12 @@ def test_failed_stage_keeps_earlier_runs_and_artifacts(servers, tmp_path):
     assert tags["alignpipe.cached.preference"] == "false"
 
 
+def _runs_in(home: Path) -> list:
+    """The `tiny` experiment's runs in a home's own sqlite store."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=1000)
+
+
 def _group(pgid: int) -> list[int]:
     """Live processes of a process group."""
     found = []
@@ -251,8 +257,7 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tmp_path):
     )
     assert state["global_step"] == 40
     # the killed run's MLflow runs (its pipeline parent and its sft) were ended KILLED on the next start
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    runs = _runs_in(home)  # (not mlflow.set_tracking_uri: the module's server tests use the global URI)
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     killed = sorted(r.info.run_name for r in runs if r.info.status == "KILLED")
     assert killed == ["pipeline", "sft"], killed
@@ -286,11 +291,7 @@ def test_sigterm_stops_a_run_training_in_process_and_leaves_nothing_running(tmp_
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    parent = mlflow.search_runs(
-        experiment_names=["tiny"], filter_string="attributes.run_name = 'pipeline'", output_format="list"
-    )
-    assert [r.info.status for r in parent] == ["FAILED"]
+    assert [r.info.status for r in _runs_in(home) if r.info.run_name == "pipeline"] == ["FAILED"]
 
 
 def test_ppo_path_through_the_deployment_records_reward_model_lineage(servers, full_run):
