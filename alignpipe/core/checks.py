@@ -144,7 +144,6 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
             for key, msg in trl_api.check_config(METHODS[other].trl_kind, values):
                 bad(f"preference.{other}.{key}", msg)
     _check_distill(cfg, bad)
-    check_tracking(cfg, bad)
     _check_report_to(cfg.tracking.report_to, bad)
     if "wandb" in cfg.tracking.report_to and not wandb_usable():
         bad(

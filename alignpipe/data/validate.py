@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from alignpipe.core.checks import check_tracking
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
@@ -28,6 +29,9 @@ def load_and_validate(path: str, overrides: list[str]) -> PipelineConfig:
         return _validated[key][1]
     cfg = load_config(path, overrides)
     problems = []
+    # The tracking store as it is here and now (a server that answers, a readable sqlite file):
+    # checked by every command, not by load_config, which a container's config must pass anywhere.
+    check_tracking(cfg, lambda key, msg: problems.append(f"{cfg.source or 'config'}: '{key}' {msg}"))
     entries = [
         ("sft", cfg.data.sft),
         ("preference", cfg.data.preference),
