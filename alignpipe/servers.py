@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from alignpipe.core import processes
+
 ORDER = ("prefect", "mlflow", "serve")  # started in this order, stopped in reverse
 
 
@@ -114,7 +116,7 @@ def down(home: Path) -> list[str]:
         if not pid_file.is_file():
             continue
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if processes.alive(pid):
             _kill_group(pid)
             stopped.append(f"{name} (pid {pid})")
         pid_file.unlink()
@@ -131,7 +133,7 @@ def status(home: Path) -> dict[str, dict]:
         pid = int(pid_file.read_text()) if pid_file.is_file() else None
         out[name] = {
             "pid": pid,
-            "alive": bool(pid and _alive(pid)),
+            "alive": bool(pid and processes.alive(pid)),
             "url": u.get(name),
             "log": str(home / "logs" / f"{name}.log"),
         }
@@ -158,7 +160,7 @@ def _start(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
 def _wait(home: Path, name: str, url: str, deadline: float) -> None:
     pid = int((home / "pids" / f"{name}.pid").read_text())
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not processes.alive(pid):
             down(home)
             raise ServerError(f"{name} exited during start-up; see {home / 'logs' / f'{name}.log'}")
         try:
@@ -170,19 +172,6 @@ def _wait(home: Path, name: str, url: str, deadline: float) -> None:
         time.sleep(1)
     down(home)
     raise ServerError(f"{name} did not answer {url} in time; see {home / 'logs' / f'{name}.log'}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _kill_group(pid: int) -> None:

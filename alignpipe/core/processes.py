@@ -8,40 +8,22 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
-
-_WATCHDOG = """
-import os, signal, sys, time
-owner, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-while alive(owner) and any(alive(p) for p in pids):
-    time.sleep(1)
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except OSError:
-            pass
-    time.sleep(3)
-"""
 
 
 def alive(pid: int) -> bool:
-    """Whether a process exists (someone else's counts)."""
+    """Whether a process runs (someone else's counts; a zombie, exited but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def children(pid: int, marker: bytes) -> list[int]:
@@ -64,7 +46,7 @@ def reap_with(owner: int, pids: list[int]) -> None:
     if not pids:
         return
     subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(owner), *map(str, pids)],
+        [sys.executable, "-m", "alignpipe.core.processes", str(owner), *map(str, pids)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -87,3 +69,20 @@ def stop_on_sigterm(exc: type[BaseException] = KeyboardInterrupt, grace: float =
         raise exc(128 + signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def _watchdog(owner: int, pids: list[int]) -> None:
+    """`reap_with`'s process: wait for the owner (or the helpers) to go, then stop the helpers."""
+    while alive(owner) and any(alive(p) for p in pids):
+        time.sleep(1)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        time.sleep(3)
+
+
+if __name__ == "__main__":
+    _watchdog(int(sys.argv[1]), [int(p) for p in sys.argv[2:]])

@@ -14,9 +14,9 @@ from alignpipe.core import trl_api
 from alignpipe.core.config import LoraSection, PipelineConfig
 from alignpipe.core.files import atomic_dir
 from alignpipe.data import templates
-from alignpipe.training import models
 from alignpipe.training.integrity import check_integrity
 from alignpipe.training.launch import deepspeed_args, in_rank
+from alignpipe.training.models import ModelSourceError, load_model, load_tokenizer
 
 
 def common_args(cfg: PipelineConfig) -> dict[str, Any]:
@@ -132,14 +132,14 @@ def train_sft(
 ) -> tuple[dict[str, float], Path]:
     """Supervised training of `base` on prompt/completion rows (loss on the completion only):
     the SFT stage, and the `sequence` mode of distillation. Returns fit's (metrics, model dir)."""
-    tok = models.load_tokenizer(base, cfg.model)
+    tok = load_tokenizer(base, cfg.model)
     if template == "chat" and not tok.chat_template:
-        raise models.ModelSourceError(f"{base}: has no chat template; set sft.template=alpaca")
+        raise ModelSourceError(f"{base}: has no chat template; set sft.template=alpaca")
     # The trainer config first: under ZeRO-3 the model is partitioned as it loads.
     args = trl_api.make_config("sft", str(out / "checkpoints"), trl, ours=common_args(cfg))
     trainer = trl_api.trainer(
         "sft",
-        model=models.load_model(base, cfg.model),
+        model=load_model(base, cfg.model),
         args=args,
         train_dataset=sft_dataset(train, template, cfg.formats.variation, cfg.seed),
         eval_dataset=sft_dataset(validation, template) if validation else None,
