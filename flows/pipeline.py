@@ -47,7 +47,7 @@ from prefect.runtime import deployment, flow_run
 from alignpipe import tracking
 from alignpipe.core import processes
 from alignpipe.core.config import DISTILL_LABELS, PipelineConfig
-from alignpipe.core.files import FileLock, content_digest, written_as_path
+from alignpipe.core.files import FileLock, content_digest, file_lock, written_as_path
 from alignpipe.core.registry import NEEDS_REWARD, STAGES
 from alignpipe.core.result import StageResult
 from alignpipe.data.validate import load_and_validate
@@ -180,7 +180,7 @@ def _one_or_all(paths: list[str]) -> str | list[str]:
 # -- stage tasks ---------------------------------------------------------------------------------
 
 
-def stage_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+def stage_key(context: TaskRunContext | None, parameters: dict[str, Any]) -> str:
     """Digest of everything a stage's result depends on; equal keys -> Prefect reuses the result."""
     cfg: PipelineConfig = parameters["cfg"]
     stage, inputs = parameters["stage"], parameters["inputs"]
@@ -220,13 +220,17 @@ def _stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Any]) -> StageResu
         retry_delay_seconds=policy.retry_delay_seconds,
         timeout_seconds=policy.timeout_seconds,
     )
-    state = stage_task.with_options(**options)(stage, cfg, inputs, return_state=True)
-    result = state.result()
-    cached = state.name == "Cached"
-    if cached and not _outputs_intact(result):  # the cached model was deleted: train it again
-        get_run_logger().warning(f"{stage}: the cached result points at missing files; running it again")
-        state = stage_task.with_options(**options, refresh_cache=True)(stage, cfg, inputs, return_state=True)
-        result, cached = state.result(), False
+    # Two runs at once on the same inputs: one runs the task (and writes Prefect's cached result,
+    # which is not written atomically), the other waits and then reads that result.
+    key = stage_key(None, {"stage": stage, "cfg": cfg, "inputs": inputs})
+    with file_lock(cfg.state_path / "locks" / f"{key}.lock", f"{label}: another run has these inputs; waiting"):
+        state = stage_task.with_options(**options)(stage, cfg, inputs, return_state=True)
+        result = state.result()
+        cached = state.name == "Cached"
+        if cached and not _outputs_intact(result):  # the cached model was deleted: train it again
+            get_run_logger().warning(f"{stage}: the cached result points at missing files; running it again")
+            state = stage_task.with_options(**options, refresh_cache=True)(stage, cfg, inputs, return_state=True)
+            result, cached = state.result(), False
     if cached:
         get_run_logger().info(f"{stage}: inputs unchanged, reusing MLflow run {result.run_id}")
     tracking.link_stage(stage, result.run_id, cached)

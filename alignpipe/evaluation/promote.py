@@ -11,6 +11,7 @@ import mlflow
 
 from alignpipe import tracking
 from alignpipe.core.config import PipelineConfig
+from alignpipe.core.files import file_lock
 from alignpipe.core.result import StageResult
 from alignpipe.evaluation import stats
 
@@ -99,11 +100,13 @@ def gate_and_register(
         result["registered"] = None
         result["why_not_registered"] = f"no logged model for {model_path} in experiment {cfg.experiment}"
     else:
-        version = _version_of(client, name, model_id) or mlflow.register_model(f"models:/{model_id}", name).version
-        client.set_model_version_tag(name, version, "alignpipe.gate", "passed" if result["passed"] else "failed")
-        client.set_model_version_tag(name, version, "alignpipe.pipeline_run", parent_run_id)
-        if result["passed"]:
-            client.set_registered_model_alias(name, cfg.promote.alias, version)
+        # runs at once in one home register one at a time: the same model is one version, not two
+        with file_lock(cfg.state_path / "locks" / f"registry-{name}.lock"):
+            version = _version_of(client, name, model_id) or mlflow.register_model(f"models:/{model_id}", name).version
+            client.set_model_version_tag(name, version, "alignpipe.gate", "passed" if result["passed"] else "failed")
+            client.set_model_version_tag(name, version, "alignpipe.pipeline_run", parent_run_id)
+            if result["passed"]:
+                client.set_registered_model_alias(name, cfg.promote.alias, version)
         result["registered"] = {
             "name": name,
             "version": str(version),
