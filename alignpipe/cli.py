@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("config", nargs="?", help="recipe whose experiment and tracking URI to use")
     cmp.add_argument("--experiment", help="MLflow experiment (default: the recipe's, else 'tiny')")
     for name, text in (
-        ("up", "start Prefect + MLflow servers and serve the deployments (127.0.0.1)"),
+        ("up", "start Prefect + MLflow servers, deploy prefect.yaml on a process work pool, start its worker"),
         ("down", "stop what `up` started"),
         ("status", "tell what is running"),
     ):
@@ -104,12 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "up":
             sp.add_argument("--prefect-port", type=int, default=4200)
             sp.add_argument("--mlflow-port", type=int, default=5000)
-            sp.add_argument("--config", default="configs/tiny.yaml", help="the deployments' default recipe")
-            sp.add_argument(
-                "--retrain-cron",
-                help='schedule `pipeline/full` on this cron, e.g. "0 3 * * 0" (default: off, '
-                "or the recipe's orchestration.retrain_cron)",
-            )
+            sp.add_argument("--runs", type=int, default=2, help="flow runs the worker runs at once (default 2)")
     return p
 
 
@@ -146,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         if args.command == "stage":
             result = _stage(cfg, args.name, args.inputs)
+            if result is None:  # node 1.. of a multi-node job: rank 0, on node 0, has the result
+                print(f"{args.name}: node {cfg.distributed.node_rank}'s ranks finished; node 0 reports the result")
+                return 0
             if args.result_json and launch.rank() == 0:
                 from alignpipe.core.files import write_json
 
@@ -231,13 +229,14 @@ def _servers(args) -> int:
     home = state_home(args.home)
     if args.command == "up":
         try:
-            u = servers.up(home, args.prefect_port, args.mlflow_port, args.config, args.retrain_cron)
+            u = servers.up(home, args.prefect_port, args.mlflow_port, args.runs)
         except servers.ServerError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"Prefect UI: {u['prefect']}\nMLflow UI:  {u['mlflow']}\nstate:      {home}")
         print(
-            f"deployments pipeline/full and pipeline/sft-only are served. In this shell run:\n"
+            f"deployments pipeline/full and pipeline/sft-only are on work pool '{servers.POOL}' "
+            f"(a worker runs {args.runs} at once). In this shell run:\n"
             f"  export PREFECT_API_URL={u['PREFECT_API_URL']} MLFLOW_TRACKING_URI={u['mlflow']}\n"
             f"  prefect deployment run pipeline/full --watch"
         )

@@ -1,5 +1,6 @@
-"""`alignpipe up | down | status`: a local Prefect server, an MLflow server and the process that
-serves the `pipeline/full` and `pipeline/sft-only` deployments, all on 127.0.0.1.
+"""`alignpipe up | down | status`: a local Prefect server, an MLflow server, the `alignpipe` process
+work pool with the deployments of prefect.yaml on it (`prefect deploy --all`, as a user would run
+it), and a worker of that pool, all on 127.0.0.1.
 
 State lives under one dir (`--home`, default $ALIGNPIPE_HOME or ./.alignpipe): Prefect's sqlite
 database (prefect/), MLflow's (mlflow.db, mlartifacts/), logs/ and pids/. Each process runs in
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from alignpipe.core import processes
 
-ORDER = ("prefect", "mlflow", "serve")  # started in this order, stopped in reverse
+ORDER = ("prefect", "mlflow", "worker")  # started in this order, stopped in reverse
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: prefect.yaml, flows/, configs/
+POOL = "alignpipe"  # prefect.yaml's work pool
 
 
 class ServerError(RuntimeError):
@@ -34,15 +37,9 @@ def urls(prefect_port: int, mlflow_port: int) -> dict[str, str]:
     }
 
 
-def up(
-    home: Path,
-    prefect_port: int = 4200,
-    mlflow_port: int = 5000,
-    config: str = "configs/tiny.yaml",
-    retrain_cron: str | None = None,
-    timeout: float = 180,
-) -> dict[str, str]:
-    """Start what is not running yet; return the URLs. ServerError names what failed and its log."""
+def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, runs: int = 2, timeout: float = 180) -> dict:
+    """Start what is not running yet; return the URLs. `runs`: the worker's concurrency limit (flow
+    runs at once on this machine). ServerError names what failed and its log."""
     running = status(home)
     if all(running[name]["alive"] for name in ORDER):
         return json.loads((home / "servers.json").read_text())
@@ -51,12 +48,10 @@ def up(
     for port, flag in ((prefect_port, "--prefect-port"), (mlflow_port, "--mlflow-port")):
         if _port_busy(port):
             raise ServerError(f"port {port} on 127.0.0.1 is in use: stop what holds it or pass {flag} N")
-    if not Path(config).is_file():
-        raise ServerError(f"{config}: config file not found (the deployments' default recipe; pass --config PATH)")
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     u = urls(prefect_port, mlflow_port)
     bin_dir = Path(sys.executable).parent
-    base_env = {
+    env = {
         **os.environ,
         "PREFECT_HOME": str(home / "prefect"),
         "ALIGNPIPE_HOME": str(home),
@@ -66,7 +61,7 @@ def up(
         home,
         "prefect",
         [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-        base_env,
+        env,
     )
     _start(
         home,
@@ -87,29 +82,24 @@ def up(
             "--workers",
             "1",
         ],
-        base_env,
+        env,
     )
     deadline = time.monotonic() + timeout
     _wait(home, "prefect", f"{u['PREFECT_API_URL']}/health", deadline)
     _wait(home, "mlflow", f"{u['mlflow']}/health", deadline)
-    serve_env = {
-        **base_env,
-        "PREFECT_API_URL": u["PREFECT_API_URL"],
-        "MLFLOW_TRACKING_URI": u["mlflow"],
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "ALIGNPIPE_SERVE_CONFIG": config,
-        "PYTHONUNBUFFERED": "1",
-    }
-    if retrain_cron:
-        serve_env["ALIGNPIPE_RETRAIN_CRON"] = retrain_cron
-    _start(home, "serve", [sys.executable, "-m", "alignpipe.flows.serve"], serve_env)
-    _wait(home, "serve", f"{u['PREFECT_API_URL']}/deployments/name/pipeline/full", deadline)
+    env |= {"PREFECT_API_URL": u["PREFECT_API_URL"], "MLFLOW_TRACKING_URI": u["mlflow"], "PYTHONUNBUFFERED": "1"}
+    prefect = str(bin_dir / "prefect")
+    _run(home, "deploy", [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
+    _run(home, "deploy", [prefect, "--no-prompt", "deploy", "--all"], env)
+    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+    _start(home, "worker", [prefect, "worker", "start", "--pool", POOL, "--limit", str(runs)], worker_env)
+    _wait(home, "worker", f"{u['PREFECT_API_URL']}/work_pools/{POOL}", deadline, until=_has_worker)
     (home / "servers.json").write_text(json.dumps(u, indent=2))
     return u
 
 
 def down(home: Path) -> list[str]:
-    """Stop every recorded process group (serve first); returns what was stopped."""
+    """Stop every recorded process group (the worker first); returns what was stopped."""
     stopped = []
     for name in reversed(ORDER):
         pid_file = home / "pids" / f"{name}.pid"
@@ -157,16 +147,36 @@ def _start(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
     return proc.pid
 
 
-def _wait(home: Path, name: str, url: str, deadline: float) -> None:
+def _run(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> None:
+    """A one-off command (its output appended to logs/NAME.log); ServerError if it fails."""
+    (home / "logs").mkdir(exist_ok=True)
+    with open(home / "logs" / f"{name}.log", "ab") as log:
+        done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+    if done.returncode != 0:
+        down(home)
+        raise ServerError(f"`{' '.join(cmd[1:])}` failed; see {home / 'logs' / f'{name}.log'}")
+
+
+def _has_worker(url: str) -> bool:
+    """The pool has a worker online (Prefect marks a pool READY once one polls it)."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r).get("status") == "READY"
+
+
+def _answers(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status == 200
+
+
+def _wait(home: Path, name: str, url: str, deadline: float, until=_answers) -> None:
     pid = int((home / "pids" / f"{name}.pid").read_text())
     while time.monotonic() < deadline:
         if not processes.alive(pid):
             down(home)
             raise ServerError(f"{name} exited during start-up; see {home / 'logs' / f'{name}.log'}")
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
+            if until(url):
+                return
         except OSError:
             pass
         time.sleep(1)

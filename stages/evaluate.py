@@ -163,6 +163,7 @@ def run_evaluate(
             )
         for pair, ks in comparisons.items():
             mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
+        tracking.log_model_runs(cfg, table, intervals, model_paths, seeds)
         mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
         per_category = {
             name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]}

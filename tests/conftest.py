@@ -64,3 +64,41 @@ def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+# a whole SFT-only pipeline in about a minute: what the concurrency tests run three of at once
+QUICK = [
+    "select.perplexity_rows=16",
+    "select.generation_rows=8",
+    "sft.max_steps=10",
+    "sft.save_steps=5",
+    "evaluate.max_new_tokens=8",
+    "evaluate.num_samples=4",
+    "formats.robustness_rows=8",
+]
+
+
+def check_three_runs(client, same: str, other: str) -> None:
+    """Two pipeline runs of experiment `same` and one of `other`, run at once in one home: all
+    finished; `same` trained SFT once (the other run waited and reused it) and registered its model
+    once; each parent links a finished run of its own experiment for every stage and has its own
+    comparison; `other` ran every stage itself."""
+    same_id, other_id = (client.get_experiment_by_name(name).experiment_id for name in (same, other))
+    runs = client.search_runs([same_id], max_results=500)
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    sft_runs = [r for r in runs if r.info.run_name == "sft"]
+    assert len(sft_runs) == 1, [r.info.run_id for r in sft_runs]
+    assert {p.data.tags["alignpipe.run.sft"] for p in parents} == {sft_runs[0].info.run_id}
+    ids = {r.info.run_id: r for r in runs}
+    for parent in parents:
+        for stage in ("select", "sft", "evaluate"):
+            linked = ids[parent.data.tags[f"alignpipe.run.{stage}"]]
+            assert linked.info.run_name == stage and linked.info.status == "FINISHED"
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert "compare" in {r.info.run_name for r in children}  # its own comparison (evaluate may be cached)
+    others = client.search_runs([other_id], max_results=500)
+    assert {r.info.run_name for r in others} >= {"pipeline", "select", "sft", "evaluate", "compare"}
+    assert all(r.info.status == "FINISHED" for r in others)
+    assert client.get_registered_model(same) and client.get_registered_model(other)
+    assert len(client.search_model_versions(f"name = '{same}'")) == 1  # the one SFT model, gated twice

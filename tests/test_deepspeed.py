@@ -191,6 +191,25 @@ def test_deepspeed_command_with_hostfile(tmp_path):
     assert acc[acc.index("--num_processes") :][:4] == ["--num_processes", "16", "--num_machines", "2"]
 
 
+def test_one_node_of_several_without_ssh(tmp_path):
+    """node_rank + master_addr: each node's launcher starts only its own ranks (DeepSpeed --no_ssh,
+    accelerate --machine_rank); bad combinations are one-line config errors, all reported at once."""
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("node0 slots=8\nnode1 slots=8\n")
+    node = [f"distributed.hostfile={hosts}", "distributed.node_rank=1", "distributed.master_addr=10.0.0.1"]
+    cmd = launch.command(_cfg("distributed.num_processes=8", *node), "sft", "r.yaml", [], "/tmp/r.json")
+    assert cmd[cmd.index("--no_ssh") :][:5] == ["--no_ssh", "--node_rank", "1", "--master_addr", "10.0.0.1"]
+    acc = launch.command(_cfg("distributed.launcher=accelerate", *node), "sft", "r.yaml", [], "/tmp/r.json")
+    assert acc[acc.index("--machine_rank") :][:4] == ["--machine_rank", "1", "--main_process_ip", "10.0.0.1"]
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / TINY, [f"distributed.hostfile={hosts}", "distributed.node_rank=2"])
+    text = "\n".join(e.value.problems)
+    assert "'distributed.node_rank' must be in 0..1" in text and "'distributed.master_addr' is not set" in text
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / TINY, ["distributed.node_rank=0", "distributed.master_addr=10.0.0.1"])
+    assert "'distributed.node_rank' needs distributed.hostfile" in "\n".join(e.value.problems)
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_accelerate_command(n):
     cfg = _cfg(
@@ -405,6 +424,46 @@ def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
     changed = _weights(dpo.model_path)  # ZeRO-2 also writes the tied lm_head.weight
     assert set(after) <= set(changed) and any(not torch.equal(after[k], changed[k]) for k in after)
     assert "train_loss" in dpo.metrics
+
+
+def test_two_nodes_run_one_zero2_sft(ranks_state, tmp_path):
+    """Two launchers on this machine acting as two nodes of one rank each (`--no_ssh`, each with its
+    node_rank, meeting at node 0's address), ZeRO-2 SFT to completion: one MLflow run, written by
+    global rank 0 on node 0, and a model that passes the integrity check."""
+    select = StageResult.read(ranks_state / "runs" / "tiny" / "select.json")
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = _free_port()
+    sets = [
+        *FAST,
+        "distributed.num_processes=1",
+        "distributed.deepspeed=deepspeed_configs/zero2.json",
+        f"distributed.hostfile={hostfile}",
+        "distributed.master_addr=127.0.0.1",
+        f"distributed.master_port={port}",
+        f"sft.model_path={select.model_path}",
+        "experiment=two-nodes",
+    ]
+
+    def node(rank: int) -> subprocess.CompletedProcess:
+        args = sum((["--set", s] for s in [*sets, f"distributed.node_rank={rank}"]), [])
+        return run_cli("stage", "sft", TINY, *args, env={"ALIGNPIPE_HOME": str(ranks_state)}, timeout=1500)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first, second = pool.map(node, (0, 1))
+    print(f"two-node ZeRO-2 sft: {time.monotonic() - started:.0f}s")
+    for proc in (first, second):
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert "--no_ssh" in first.stdout and "--node_rank 1" in second.stdout
+    assert "sft: integrity OK" in first.stdout
+    assert "node 1's ranks finished; node 0 reports the result" in second.stdout
+    sft = StageResult.read(ranks_state / "runs" / "two-nodes" / "sft.json")
+    mlflow.set_tracking_uri(f"sqlite:///{ranks_state / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["two-nodes"], output_format="list")
+    assert [(r.info.run_name, r.info.status, r.info.run_id) for r in runs] == [("sft", "FINISHED", sft.run_id)]
+    before, after = _weights(select.model_path), _weights(sft.model_path)
+    assert before.keys() <= after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
 # -- the integrity check on its own -----------------------------------------------------------------

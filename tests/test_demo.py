@@ -57,12 +57,24 @@ def test_fine_tuning_helps_on_held_out_data(demo):
 def test_every_stage_lands_one_finished_mlflow_run(demo):
     _, state = demo
     mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    everything = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    assert all(r.info.status == "FINISHED" for r in everything)
+    evaluate = next(r for r in everything if r.info.run_name == "evaluate")
+    per_model = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == evaluate.info.run_id]
+    runs = [r for r in everything if r not in per_model]
     assert sorted(r.info.run_name for r in runs) == ["compare", "dpo", "evaluate", "pipeline", "select", "sft"]
-    assert all(r.info.status == "FINISHED" for r in runs)
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
+    # one run per scored model under evaluate, the same metric names for each, tagged with its role:
+    # what MLflow's runs table groups by and its charts set side by side
+    assert sorted(r.data.tags["alignpipe.role"] for r in per_model) == ["base", "dpo", "sft"]
+    for r in per_model:
+        role = r.data.tags["alignpipe.role"]
+        assert r.info.run_name == f"eval-{role}" and r.data.tags["alignpipe.pipeline_run"] == parent.info.run_id
+        assert r.data.metrics["acc_seen"] == evaluate.data.metrics[f"{role}/acc_seen"]
+        assert r.data.metrics["acc_seen_lo"] <= r.data.metrics["acc_seen"] <= r.data.metrics["acc_seen_hi"]
     client = mlflow.MlflowClient()
+    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "finetuning"
     gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
     assert gate["candidate"] == "dpo" and gate["baseline"] == "sft" and gate["seeds"] == [42]
     assert [c["metric"] for c in gate["checks"]] == ["pref_accuracy", "acc_seen", "refusal_rate"]

@@ -132,7 +132,6 @@ def test_pipeline_talks_to_both_servers(compose):
     allowed = mlflow_cmd[mlflow_cmd.index("--allowed-hosts") + 1].split(",")
     assert tracking.netloc in allowed, "MLflow 3 answers 403 to a Host header it does not allow"
     assert e["ALIGNPIPE_HOME"] == "/state"
-    assert (ROOT / e["ALIGNPIPE_SERVE_CONFIG"]).is_file(), "the served recipe must be a file the image contains"
 
 
 def test_start_order_waits_on_health(compose):
@@ -161,17 +160,24 @@ def test_every_volume_is_declared(compose):
     assert used == declared, f"used {sorted(used)}, declared {sorted(declared)}"
 
 
-def test_pipeline_runs_the_serve_module(compose):
-    cmd = argv(compose["services"]["pipeline"].get("entrypoint")) + argv(
-        compose["services"]["pipeline"].get("command")
-    )
-    assert cmd[:2] == ["python", "-m"]
-    module = cmd[2]
-    spec = importlib.util.find_spec(module)
-    assert spec and spec.origin, f"{module}: no such module in the package"
-    folder = Path(spec.origin).relative_to(ROOT).parts[0]  # alignpipe.flows lives in flows/ (pyproject package-dir)
+def test_pipeline_is_a_worker_of_the_pool_prefect_yaml_deploys_to(compose):
+    """The container creates the pool, runs `prefect deploy --all` in the image's copy of the repo
+    (so the recorded working dir is /app) and then becomes the pool's worker."""
+    from alignpipe.servers import POOL
+
+    svc = compose["services"]["pipeline"]
+    assert argv(svc["entrypoint"]) == ["sh", "-c"]
+    steps = [shlex.split(step) for step in " ".join(argv(svc["command"])).split("&&")]
+    assert steps[0][:6] == ["prefect", "work-pool", "create", POOL, "--type", "process"]
+    assert steps[1] == ["prefect", "--no-prompt", "deploy", "--all"]
+    assert steps[2][:6] == ["exec", "prefect", "worker", "start", "--pool", POOL]
+    pools = {d["work_pool"]["name"] for d in yaml.safe_load(open(ROOT / "prefect.yaml"))["deployments"]}
+    assert pools == {POOL}
+    workdir = [args for ins, args in dockerfile(DOCKER / "Dockerfile") if ins == "WORKDIR"][-1]
+    assert svc["working_dir"] == workdir == "/app"
     copied = [args.split()[0] for ins, args in dockerfile(DOCKER / "Dockerfile") if ins == "COPY"]
-    assert folder in copied, f"the image does not contain {folder}/"
+    for needed in ("prefect.yaml", "flows", "configs"):
+        assert any(c.rstrip("/") == needed or c == "." for c in copied), f"the image does not contain {needed}"
 
 
 def test_mlflow_command_is_a_valid_mlflow_server_call(compose):

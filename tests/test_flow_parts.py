@@ -42,25 +42,39 @@ def test_cache_key_follows_data_content_and_upstream_model_files(tmp_path):
     assert _key(cfg, "preference", {"sft": str(model), "template": "alpaca"}) != k1
 
 
-def test_deployments_full_and_sft_only_with_an_optional_retrain_schedule():
-    from alignpipe.flows.serve import deployments
+def test_prefect_yaml_declares_full_and_sft_only_on_the_work_pool_with_an_inactive_retrain_schedule():
+    """What `prefect deploy --all` reads: both deployments of the `pipeline` flow on the `alignpipe`
+    pool, recipes that load, and a valid weekly cron that stays off until a user turns it on."""
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
 
-    full, sft_only = deployments("configs/tiny.yaml")
-    assert (full.name, sft_only.name) == ("full", "sft-only")
-    assert full.parameters["preference"] is True and sft_only.parameters["preference"] is False
-    assert not full.schedules and not sft_only.schedules  # off by default
-    full, sft_only = deployments("configs/tiny.yaml", cron="0 3 * * 0")
-    assert [s.schedule.cron for s in full.schedules] == ["0 3 * * 0"] and not sft_only.schedules
+    from alignpipe.flows.pipeline import pipeline
+    from alignpipe.servers import POOL
+
+    spec = yaml.safe_load(open("prefect.yaml"))
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"full", "sft-only"}
+    for d in deployments.values():
+        path, name = d["entrypoint"].split(":")
+        assert path == "flows/pipeline.py" and name == pipeline.fn.__name__ and pipeline.name == "pipeline"
+        assert d["work_pool"]["name"] == POOL
+        assert set(d["parameters"]) <= set(pipeline.parameters.properties)
+        load_config(d["parameters"]["config"])
+    assert deployments["full"]["parameters"]["preference"] is True
+    assert deployments["sft-only"]["parameters"]["preference"] is False
+    (schedule,) = deployments["full"]["schedules"]
+    assert CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"]) and schedule["active"] is False
+    assert not deployments["sft-only"].get("schedules")
 
 
 def test_bad_orchestration_values_are_reported_together():
     with pytest.raises(ConfigError) as e:
         load_config(
             "configs/tiny.yaml",
-            ["orchestration.retrain_cron=every sunday", "orchestration.sft.retries=-1", "promote.tolerance=-0.1"],
+            ["orchestration.retrain_cron=0 3 * * 0", "orchestration.sft.retries=-1", "promote.tolerance=-0.1"],
         )
     text = "\n".join(e.value.problems)
-    assert "'orchestration.retrain_cron' is not a valid cron string" in text
+    assert "unknown key 'orchestration.retrain_cron': the retrain schedule is in prefect.yaml" in text
     assert "'orchestration.sft.retries' must be >= 0" in text and "'promote.tolerance' must be >= 0" in text
 
 

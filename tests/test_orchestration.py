@@ -9,12 +9,15 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import QUICK, ROOT, check_three_runs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +169,25 @@ def test_sft_only_deployment_and_a_failed_gate_keeps_the_champion(servers, full_
     assert client.get_model_version_by_alias("tiny", "champion").version == champion.version
     gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
     assert gate["registered"]["alias"] is None and not gate["passed"]
+
+
+def test_three_runs_at_once_through_the_worker(servers):
+    """Three deployment runs started at once, as from three shells (two of one experiment, one of
+    another): the pool's worker (`alignpipe up --runs 2`, the default) never runs more than two at
+    a time, each finishes, and nothing collides."""
+    runs = {"a1": "w-same", "a2": "w-same", "b": "w-other"}
+    start = [(servers, "sft-only", [*QUICK, f"experiment={e}"]) for e in runs.values()]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = dict(zip(runs, pool.map(lambda args: deployment_run(*args), start)))
+    spans = []
+    for name, (proc, flow_run_id) in done.items():
+        assert proc.returncode == 0 and "Completed" in proc.stdout, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
+        with urllib.request.urlopen(f"{servers['env']['PREFECT_API_URL']}/flow_runs/{flow_run_id}") as r:
+            run = json.load(r)
+        spans.append((datetime.fromisoformat(run["start_time"]), datetime.fromisoformat(run["end_time"])))
+    for start, _ in spans:
+        assert sum(s <= start < e for s, e in spans) <= 2, spans
+    check_three_runs(mlflow.MlflowClient(), "w-same", "w-other")
 
 
 def test_failed_stage_keeps_earlier_runs_and_artifacts(servers, tmp_path):

@@ -227,6 +227,13 @@ def _check_distributed(cfg: PipelineConfig, bad) -> None:
         bad("distributed.master_port", f"must be a port between 1024 and 65535, got {d.master_port}")
     if d.hostfile and not Path(d.hostfile).is_file():
         bad("distributed.hostfile", f"hostfile {d.hostfile} does not exist")
+    elif d.node_rank is not None:
+        if not d.hostfile:
+            bad("distributed.node_rank", "needs distributed.hostfile (one line per node, node 0 first)")
+        elif not 0 <= d.node_rank < d.nodes:
+            bad("distributed.node_rank", f"must be in 0..{d.nodes - 1} (the hostfile's nodes), got {d.node_rank}")
+        if not d.master_addr:
+            bad("distributed.master_addr", "is not set: with node_rank, give node 0's address (its ranks meet there)")
     if not d.deepspeed:
         return
     ds = load_deepspeed(d.deepspeed)
@@ -263,18 +270,6 @@ def _check_orchestration(cfg: PipelineConfig, bad) -> None:
             bad(
                 f"orchestration.{f.name}.timeout_seconds",
                 f"must be a positive number of seconds (or null for none), got {t}",
-            )
-    if o.retrain_cron:
-        from prefect.client.schemas.schedules import (
-            CronSchedule,  # only when a cron is set: prefect takes ~2 s to import
-        )
-
-        try:
-            CronSchedule(cron=o.retrain_cron)
-        except Exception:
-            bad(
-                "orchestration.retrain_cron",
-                f'is not a valid cron string: {o.retrain_cron!r} (e.g. "0 3 * * 0": Sundays 03:00)',
             )
     p = cfg.promote
     if isinstance(p.tolerance, float) and p.tolerance < 0:

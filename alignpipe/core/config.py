@@ -242,6 +242,18 @@ class DistributedSection:
     launcher: str = "deepspeed"  # deepspeed | accelerate
     master_port: int = 29500
     hostfile: str | None = None  # multi-node: DeepSpeed hostfile ("host slots=N" per line)
+    # Multi-node without ssh (SLURM, Kubernetes, a shell per node): every node runs the same stage
+    # command with its own node_rank (0 .. hosts-1) and node 0's address; node 0 reports the result.
+    node_rank: int | None = None
+    master_addr: str | None = None
+
+    @property
+    def nodes(self) -> int:
+        """Machines in the job: the hostfile's hosts (1 without one)."""
+        if not self.hostfile:
+            return 1
+        lines = Path(self.hostfile).read_text().splitlines()
+        return max(1, sum(1 for ln in lines if ln.strip() and not ln.lstrip().startswith("#")))
 
 
 @dataclass
@@ -271,7 +283,6 @@ class OrchestrationSection:
     evaluate: StagePolicy = field(default_factory=StagePolicy)
     student_sft: StagePolicy = field(default_factory=StagePolicy)
     distill: StagePolicy = field(default_factory=StagePolicy)
-    retrain_cron: str | None = None  # e.g. "0 3 * * 0": `pipeline/full` retrains on this schedule when served
 
 
 @dataclass

@@ -33,6 +33,9 @@ from alignpipe.core.registry import METHODS
 # Keys whose relative values are file paths, resolved against the YAML file's folder.
 _PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator", "teacher", "student"}
 
+# Keys that left the recipe, and where they went.
+MOVED = {"orchestration.retrain_cron": ": the retrain schedule is in prefect.yaml now (`schedules` of `full`)"}
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `3e-4` as a string; accept the exponent forms people write for rates. A key
@@ -235,6 +238,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
             known = list(own) + (sorted(passthrough[1]) if passthrough else [])
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            hint = MOVED.get(dotted, hint)
             extra = f" (nor a field of {passthrough[0]})" if passthrough else ""
             problems.append(f"{where}: unknown key '{dotted}'{extra}{hint}")
     obj = cls(**kwargs)

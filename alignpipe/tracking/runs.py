@@ -30,6 +30,9 @@ from alignpipe.core.config import PipelineConfig
 from alignpipe.core.files import env_override, file_digest, file_lock
 
 PARENT_ENV = "ALIGNPIPE_PARENT_RUN_ID"
+# The MLflow UI opens an experiment of this kind in its model-training view (runs table, charts),
+# not the GenAI one.
+EXPERIMENT_KIND, FINETUNING = "mlflow.experimentKind", "finetuning"
 PACKAGES = (
     "torch",
     "transformers",
@@ -61,13 +64,15 @@ def setup(cfg: PipelineConfig) -> str:
     with file_lock(cfg.state_path / ".mlflow.lock"):
         exp = mlflow.get_experiment_by_name(cfg.experiment)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:  # made by an older version, or by hand
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, FINETUNING)
             close_orphans(exp.experiment_id)
             return exp.experiment_id
         location = None
         if cfg.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
             # a database store, not a server: without a location, artifacts would land in ./mlruns of the cwd
             location = (cfg.state_path / "mlartifacts" / cfg.experiment).as_uri()
-        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location, tags={EXPERIMENT_KIND: FINETUNING})
 
 
 def owner_tags() -> dict[str, str]:
@@ -207,6 +212,34 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
         raise
     mlflow.log_metric("wall_seconds", round(time.time() - started, 2))
     mlflow.end_run(status="FINISHED")
+
+
+def log_model_runs(cfg: PipelineConfig, table: dict, intervals: dict, models: dict, seeds: list[int]) -> list[str]:
+    """One run per scored model, nested under the active (evaluate) run: the same metric names for
+    every model (`acc_seen`, `acc_seen_lo`, `acc_seen_hi`, ...) and tags for its role, pipeline and
+    seeds, so MLflow's runs table (Group by `alignpipe.role`), chart view and Compare set SFT-only
+    beside DPO, within a pipeline run and across them. Returns their run ids."""
+    ids = []
+    for role, metrics in table.items():
+        tags = {
+            "alignpipe.role": role,
+            "alignpipe.model_path": _one_or_list(models[role]),
+            "alignpipe.seeds": ",".join(map(str, seeds)),
+            "alignpipe.pipeline_run": os.environ.get(PARENT_ENV, ""),
+            "alignpipe.config_digest": cfg.digest(),
+            **owner_tags(),
+        }
+        with mlflow.start_run(run_name=f"eval-{role}", nested=True, tags=tags) as run:
+            values = {k: v for k, v in metrics.items() if v is not None}
+            for k, (lo, hi) in intervals.get(role, {}).items():
+                values |= {f"{k}_lo": lo, f"{k}_hi": hi}
+            mlflow.log_metrics(values)
+            ids.append(run.info.run_id)
+    return ids
+
+
+def _one_or_list(value: str | list[str]) -> str:
+    return value if isinstance(value, str) else ",".join(value)
 
 
 @contextmanager

@@ -88,7 +88,8 @@ def output_dir(cfg: PipelineConfig, stage: str, inputs: dict[str, Any]) -> Path:
     d = cfg.distributed
     if d.num_processes > 1 or d.deepspeed:
         ds = hashlib.sha256(Path(d.deepspeed).read_bytes()).hexdigest()[:12] if d.deepspeed else None
-        inputs = {**inputs, "distributed": {"num_processes": d.num_processes, "deepspeed": ds}}
+        setup = {"num_processes": d.num_processes, "deepspeed": ds} | ({"nodes": d.nodes} if d.nodes > 1 else {})
+        inputs = {**inputs, "distributed": setup}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = cfg.run_dir / f"{stage}-{digest}"
     out.mkdir(parents=True, exist_ok=True)

@@ -67,11 +67,6 @@ def wanted(cfg: PipelineConfig) -> bool:
     return (d.num_processes > 1 or bool(d.deepspeed)) and not in_rank()
 
 
-def _hosts(hostfile: str) -> int:
-    lines = Path(hostfile).read_text().splitlines()
-    return max(1, sum(1 for ln in lines if ln.strip() and not ln.lstrip().startswith("#")))
-
-
 def command(
     cfg: PipelineConfig,
     stage: str,
@@ -88,6 +83,8 @@ def command(
         cmd = [str(bindir / "deepspeed"), "--num_gpus", str(d.num_processes), "--master_port", str(d.master_port)]
         if d.hostfile:
             cmd += ["--hostfile", d.hostfile]
+        if d.node_rank is not None:  # this node's ranks only; the other nodes start theirs
+            cmd += ["--no_ssh", "--node_rank", str(d.node_rank), "--master_addr", d.master_addr]
         cmd += ["--no_local_rank", "--module"]
     else:
         cmd = [str(bindir / "accelerate"), "launch"]
@@ -97,16 +94,17 @@ def command(
                 cmd += ["--deepspeed_hostfile", d.hostfile]
         elif d.num_processes > 1:
             cmd += ["--multi_gpu"]
-        machines = _hosts(d.hostfile) if d.hostfile else 1
         cmd += [
             "--num_processes",
-            str(d.num_processes * machines),
+            str(d.num_processes * d.nodes),
             "--num_machines",
-            str(machines),
+            str(d.nodes),
             "--main_process_port",
             str(d.master_port),
-            "-m",
         ]
+        if d.node_rank is not None:
+            cmd += ["--machine_rank", str(d.node_rank), "--main_process_ip", d.master_addr]
+        cmd += ["-m"]
     cmd += ["alignpipe.cli", "stage", stage, str(config_path)]
     for item in overrides:
         cmd += ["--set", item]
@@ -190,8 +188,9 @@ def run(
     overrides: list[str] | None = None,
     timeout: float | None = None,
     echo=print,
-) -> StageResult:
-    """Launch the stage on every rank, stream their output through `echo`, return rank 0's result."""
+) -> StageResult | None:
+    """Launch the stage on every rank (of this node, with `node_rank`), stream their output through
+    `echo`, return rank 0's result (None on a node other than node 0)."""
     config_path = config_path or cfg.source
     overrides = cfg.overrides if overrides is None else overrides
     if not config_path:
@@ -199,7 +198,8 @@ def run(
             [f"{stage}: a launched stage needs the recipe file (load the config with load_config(path))"]
         )
     check_ranks(cfg)
-    check_port(cfg.distributed.master_port)
+    if not cfg.distributed.node_rank:  # node 0 (or the only node) listens on the port
+        check_port(cfg.distributed.master_port)
     result_path = cfg.run_dir / f".{stage}-launch-result.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.unlink(missing_ok=True)
@@ -208,6 +208,8 @@ def run(
     rc = stream(cmd, environment(cfg), timeout, echo)
     if rc != 0:
         raise LaunchError(f"{stage}: the {cfg.distributed.launcher} job exited with code {rc} (rank output above)")
+    if cfg.distributed.node_rank:
+        return None  # rank 0 runs on node 0, which writes the result and the MLflow run
     if not result_path.is_file():
         raise LaunchError(f"{stage}: the job finished but rank 0 wrote no result to {result_path}")
     return StageResult.read(result_path)
