@@ -219,7 +219,7 @@ def log_model_runs(cfg: PipelineConfig, table: dict, intervals: dict, models: di
     every model (`acc_seen`, `acc_seen_lo`, `acc_seen_hi`, ...) and tags for its role, pipeline and
     seeds, so MLflow's runs table (Group by `alignpipe.role`), chart view and Compare set SFT-only
     beside DPO, within a pipeline run and across them. Returns their run ids."""
-    ids = []
+    ids, experiment_id = [], mlflow.active_run().info.experiment_id
     for role, metrics in table.items():
         tags = {
             "alignpipe.role": role,
@@ -229,7 +229,7 @@ def log_model_runs(cfg: PipelineConfig, table: dict, intervals: dict, models: di
             "alignpipe.config_digest": cfg.digest(),
             **owner_tags(),
         }
-        with mlflow.start_run(run_name=f"eval-{role}", nested=True, tags=tags) as run:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval-{role}", nested=True, tags=tags) as run:
             values = {k: v for k, v in metrics.items() if v is not None}
             for k, (lo, hi) in intervals.get(role, {}).items():
                 values |= {f"{k}_lo": lo, f"{k}_hi": hi}
