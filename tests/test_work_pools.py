@@ -2,12 +2,12 @@
 own defaults (prefect-kubernetes, prefect-docker; no cluster or Docker engine here), and the GPU
 deployments that run on them."""
 
-import asyncio
 import json
 
 import pytest
 import yaml
 from prefect.server.schemas.actions import WorkPoolCreate
+from prefect.utilities.templating import apply_values
 
 from alignpipe.core.recipe import load_config
 from alignpipe.flows.pipeline import pipeline
@@ -15,6 +15,8 @@ from alignpipe.flows.pipeline import pipeline
 from conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
+pytestmark = pytest.mark.fast
+
 POOLS = {"alignpipe-gpu": "kubernetes", "alignpipe-gpu-docker": "docker"}
 
 
@@ -32,7 +34,6 @@ def _template(kind: str) -> dict:
     return json.loads((DEPLOY / f"{kind}-gpu-pool.json").read_text())
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("kind", sorted(set(POOLS.values())))
 def test_template_is_a_valid_pool_that_keeps_the_workers_defaults(kind):
     worker, _ = _worker(kind)
@@ -44,9 +45,12 @@ def test_template_is_a_valid_pool_that_keeps_the_workers_defaults(kind):
 
 
 def _rendered(kind: str, **values):
-    """The job configuration a worker builds for a flow run (Prefect starts a temporary server for it)."""
+    """The job configuration a worker builds for a flow run: the variables' defaults and `values`
+    filled into the template, then validated by the worker's own configuration class."""
     _, job_configuration = _worker(kind)
-    return asyncio.run(job_configuration.from_template_and_values(_template(kind), values))
+    template = _template(kind)
+    defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+    return job_configuration(**apply_values(template["job_configuration"], defaults | values))
 
 
 def test_kubernetes_pods_get_gpus_the_shared_state_volume_and_the_gpu_nodes():
@@ -70,7 +74,6 @@ def test_docker_containers_get_every_gpu_and_the_state_volume():
     assert job.container_create_kwargs["working_dir"] == "/app" and job.env["ALIGNPIPE_HOME"] == "/state"
 
 
-@pytest.mark.fast
 def test_gpu_deployments_run_the_pipeline_from_the_image_on_those_pools():
     spec = yaml.safe_load((DEPLOY / "prefect-gpu.yaml").read_text())
     assert spec["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}]
