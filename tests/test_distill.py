@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from alignpipe.core.config import DISTILL_LABELS
 from alignpipe.core.recipe import load_config
 from alignpipe.stages.distill import check_pair, run_distill
 from alignpipe.stages.sft import run_sft
@@ -193,9 +194,13 @@ def test_the_flow_with_distillation_compares_teacher_and_both_students(tmp_path,
     for label in ("teacher", "student sft-only", "student distilled", "student distilled vs student sft-only"):
         assert label in head, head
     mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
-    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["tiny"], output_format="list")}
+    everything = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    assert all(r.info.status == "FINISHED" for r in everything)
+    runs = {r.info.run_name: r for r in everything if "alignpipe.role" not in r.data.tags}
     assert {"sft", "student_sft", "distill", "evaluate", "compare", "pipeline"} == set(runs)
-    assert all(r.info.status == "FINISHED" for r in runs.values())
+    per_model = {r.data.tags["alignpipe.role"] for r in everything if "alignpipe.role" in r.data.tags}
+    labels = {k.split("/")[0] for k in runs["evaluate"].data.metrics if "/" in k and "_vs_" not in k.split("/")[0]}
+    assert per_model == labels and set(DISTILL_LABELS) <= per_model  # one evaluation run per scored label
     parent = runs["pipeline"].info.run_id
     assert runs["distill"].data.tags["mlflow.parentRunId"] == parent
     client = mlflow.MlflowClient()
