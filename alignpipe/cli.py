@@ -98,20 +98,31 @@ def _parser() -> argparse.ArgumentParser:
         ("up", "start Prefect + MLflow servers, deploy prefect.yaml on a process work pool, start its worker"),
         ("down", "stop what `up` started"),
         ("status", "tell what is running"),
+        ("worker", "on another machine: a worker of the pool, in the foreground, against the servers of `up`"),
     ):
         sp = sub.add_parser(name, help=text, description=text)
-        sp.add_argument("--home", help="state dir (default: $ALIGNPIPE_HOME or ./.alignpipe)")
+        sp.add_argument("--home", help="state dir (default: $ALIGNPIPE_HOME or ./.alignpipe); shared by all machines")
         if name == "up":
             sp.add_argument("--prefect-port", type=int, default=4200)
             sp.add_argument("--mlflow-port", type=int, default=5000)
+            sp.add_argument(
+                "--database",
+                help="PostgreSQL server (postgresql://USER[:PASSWORD]@HOST[:PORT]) for Prefect's and MLflow's "
+                "databases, for workers on several machines (default: sqlite files in the state dir)",
+            )
+        if name in ("up", "worker"):
             sp.add_argument("--runs", type=int, default=2, help="flow runs the worker runs at once (default 2)")
+        if name == "worker":
+            sp.add_argument("--prefect", default=os.environ.get("PREFECT_API_URL"), help="Prefect API URL, .../api")
+            sp.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI"), help="MLflow server URL")
+            sp.add_argument("--name", help="the worker's name in Prefect (default: Prefect's)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command in ("up", "down", "status"):
+    if args.command in ("up", "down", "status", "worker"):
         return _servers(args)
     # The rest of the package is imported here, not at the top: `up`, `down` and `status` need
     # none of it (torch, transformers, prefect and mlflow take seconds to import).
@@ -227,9 +238,22 @@ def _servers(args) -> int:
     from alignpipe import servers
 
     home = state_home(args.home)
+    if args.command == "worker":
+        if not (args.prefect and args.mlflow):
+            print(
+                "error: worker: pass --prefect URL/api and --mlflow URL (or set PREFECT_API_URL, MLFLOW_TRACKING_URI)"
+            )
+            return 2
+        try:
+            servers.check_reachable(args.prefect, args.mlflow)
+        except servers.ServerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        cmd = servers.worker_command(args.runs, args.name)
+        os.execve(cmd[0], cmd, servers.worker_env(home, args.prefect, args.mlflow))
     if args.command == "up":
         try:
-            u = servers.up(home, args.prefect_port, args.mlflow_port, args.runs)
+            u = servers.up(home, args.prefect_port, args.mlflow_port, args.runs, database=args.database)
         except servers.ServerError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -4,7 +4,11 @@ it), and a worker of that pool, all on 127.0.0.1.
 
 State lives under one dir (`--home`, default $ALIGNPIPE_HOME or ./.alignpipe): Prefect's sqlite
 database (prefect/), MLflow's (mlflow.db, mlartifacts/), logs/ and pids/. Each process runs in
-its own process group and is stopped by its recorded PID."""
+its own process group and is stopped by its recorded PID.
+
+Several machines: `up --database postgresql://USER@HOST:PORT` keeps Prefect's and MLflow's
+databases in PostgreSQL; MLflow serves the artifacts over HTTP; every machine mounts the same
+state dir (models, Prefect's results, locks) and runs `alignpipe worker` against these servers."""
 
 from __future__ import annotations
 
@@ -37,9 +41,17 @@ def urls(prefect_port: int, mlflow_port: int) -> dict[str, str]:
     }
 
 
-def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, runs: int = 2, timeout: float = 180) -> dict:
+def up(
+    home: Path,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    runs: int = 2,
+    timeout: float = 180,
+    database: str | None = None,
+) -> dict:
     """Start what is not running yet; return the URLs. `runs`: the worker's concurrency limit (flow
-    runs at once on this machine). ServerError names what failed and its log."""
+    runs at once on this machine). `database`: a PostgreSQL server for Prefect's and MLflow's
+    databases instead of sqlite files under `home`. ServerError names what failed and its log."""
     running = status(home)
     if all(running[name]["alive"] for name in ORDER):
         return json.loads((home / "servers.json").read_text())
@@ -51,12 +63,14 @@ def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, runs: int 
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     u = urls(prefect_port, mlflow_port)
     bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home / "prefect"),
-        "ALIGNPIPE_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = {**os.environ, **state_env(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the UI's pages call this API; unset, it is :4200 whatever --port says (found in a browser)
+    env["PREFECT_SERVER_UI_API_URL"] = u["PREFECT_API_URL"]
+    mlflow_store = f"sqlite:///{home / 'mlflow.db'}"
+    if database:
+        server = postgres_databases(database, ("prefect", "mlflow"))
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"postgresql+asyncpg://{server}/prefect"
+        mlflow_store = f"postgresql+psycopg2://{server}/mlflow"
     _start(
         home,
         "prefect",
@@ -72,7 +86,7 @@ def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, runs: int 
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{home / 'mlflow.db'}",
+            mlflow_store,
             "--artifacts-destination",
             str(home / "mlartifacts"),
             "--host",
@@ -88,14 +102,85 @@ def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, runs: int 
     _wait(home, "prefect", f"{u['PREFECT_API_URL']}/health", deadline)
     _wait(home, "mlflow", f"{u['mlflow']}/health", deadline)
     env |= {"PREFECT_API_URL": u["PREFECT_API_URL"], "MLFLOW_TRACKING_URI": u["mlflow"], "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the clients talk to the API, not the database
     prefect = str(bin_dir / "prefect")
     _run(home, "deploy", [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
     _run(home, "deploy", [prefect, "--no-prompt", "deploy", "--all"], env)
-    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
-    _start(home, "worker", [prefect, "worker", "start", "--pool", POOL, "--limit", str(runs)], worker_env)
+    _start(home, "worker", worker_command(runs), worker_env(home, u["PREFECT_API_URL"], u["mlflow"]))
     _wait(home, "worker", f"{u['PREFECT_API_URL']}/work_pools/{POOL}", deadline, until=_has_worker)
-    (home / "servers.json").write_text(json.dumps(u, indent=2))
+    (home / "servers.json").write_text(
+        json.dumps(u | ({"database": _hide_password(database)} if database else {}), indent=2)
+    )
     return u
+
+
+def state_env(home: Path) -> dict[str, str]:
+    """The shared state dir: models, checkpoints and locks (ALIGNPIPE_HOME), Prefect's persisted task
+    results (under PREFECT_HOME/storage), so a stage cached by one worker is a hit on every other."""
+    return {"ALIGNPIPE_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+
+
+def worker_env(home: Path, prefect_api: str, mlflow_uri: str) -> dict[str, str]:
+    """The environment of a worker of the pool, and so of every flow run it starts."""
+    return {
+        **os.environ,
+        **state_env(home),
+        "PREFECT_API_URL": prefect_api,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "PYTHONUNBUFFERED": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+    }
+
+
+def worker_command(runs: int, name: str | None = None) -> list[str]:
+    cmd = [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", POOL, "--limit", str(runs)]
+    return cmd + (["--name", name] if name else [])
+
+
+def check_reachable(prefect_api: str, mlflow_uri: str) -> None:
+    """Both servers answer: ServerError naming the one that does not, before a worker starts."""
+    for what, url, flag in (
+        (prefect_api, f"{prefect_api}/health", "--prefect"),
+        (mlflow_uri, f"{mlflow_uri}/health", "--mlflow"),
+    ):
+        try:
+            _answers(url)
+        except (OSError, ValueError) as e:
+            raise ServerError(
+                f"{what} does not answer ({e}): start the servers (`alignpipe up`) or fix {flag}"
+            ) from None
+
+
+def postgres_databases(url: str, names: tuple[str, ...]) -> str:
+    """Create the databases `names` on the PostgreSQL server `url` (postgresql://USER[:PASSWORD]@HOST[:PORT])
+    where missing; returns USER[:PASSWORD]@HOST[:PORT]. ServerError if it is not such a URL or does not answer."""
+    scheme, sep, rest = url.partition("://")
+    server = rest.split("/", 1)[0]
+    if not sep or scheme.split("+", 1)[0] != "postgresql" or not server:
+        raise ServerError(f"--database {url!r}: expected postgresql://USER[:PASSWORD]@HOST[:PORT]")
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(f"postgresql://{server}/postgres", connect_timeout=10)
+    except Exception as e:  # ImportError, OperationalError
+        raise ServerError(
+            f"--database {_hide_password(url)}: cannot connect ({str(e).strip().splitlines()[0]})"
+        ) from None
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return server
+
+
+def _hide_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{auth.split(':', 1)[0]}:***{at}{host}" if ":" in auth else url
 
 
 def down(home: Path) -> list[str]:

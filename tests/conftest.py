@@ -1,6 +1,8 @@
 """Shared fixtures: a persistent tiny-model cache, a per-test state dir, and a CLI runner."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 _ALIGNPIPE = ROOT / ".venv" / "bin" / "alignpipe"
+PREFECT = ROOT / ".venv" / "bin" / "prefect"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,6 +67,22 @@ def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def deployment_run(servers: dict, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    """`prefect deployment run pipeline/NAME --params ... --watch`, as a user types it, against
+    `servers["env"]` (PREFECT_API_URL, MLFLOW_TRACKING_URI); returns the process and the flow run id."""
+    params = json.dumps({"overrides": overrides})
+    proc = subprocess.run(
+        [str(PREFECT), "deployment", "run", f"pipeline/{name}", "--params", params, "--watch"],
+        cwd=ROOT,
+        env={**os.environ, **servers["env"]},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    found = re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout)
+    return proc, found.group(1) if found else ""
 
 
 # a whole SFT-only pipeline in about a minute: what the concurrency tests run three of at once

@@ -5,10 +5,12 @@ lineage read back through the MLflow client, caching, resume after a kill, and a
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -17,11 +19,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import QUICK, ROOT, check_three_runs, run_cli
+from conftest import QUICK, ROOT, check_three_runs, deployment_run, run_cli
 
 pytestmark = pytest.mark.slow
 
-PREFECT = ROOT / ".venv" / "bin" / "prefect"
 FAST = ["sft.max_steps=20", "sft.save_steps=10", "preference.max_steps=4", "preference.save_steps=2"]
 
 
@@ -49,21 +50,6 @@ def servers(tmp_path_factory):
         down = run_cli("down", "--home", home, timeout=120)
         assert down.returncode == 0, down.stderr
         assert "running" not in run_cli("status", "--home", home).stdout
-
-
-def deployment_run(servers, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, str]:
-    """`prefect deployment run pipeline/NAME --params ... --watch`, as a user types it."""
-    params = json.dumps({"overrides": overrides})
-    proc = subprocess.run(
-        [str(PREFECT), "deployment", "run", f"pipeline/{name}", "--params", params, "--watch"],
-        cwd=ROOT,
-        env={**os.environ, **servers["env"]},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    found = re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout)
-    return proc, found.group(1) if found else ""
 
 
 def runs_of(experiment: str, parent: str | None = None) -> list:
@@ -169,6 +155,134 @@ def test_sft_only_deployment_and_a_failed_gate_keeps_the_champion(servers, full_
     assert client.get_model_version_by_alias("tiny", "champion").version == champion.version
     gate = json.loads(Path(client.download_artifacts(parent.info.run_id, "gate.json")).read_text())
     assert gate["registered"]["alias"] is None and not gate["passed"]
+
+
+SCREENSHOTS = ROOT / ".alignpipe" / "screenshots"  # git-ignored; kept after the test for a look
+EXPAND = "button[data-component-id$='runnamecellrenderer.tsx_46']"  # the +/- beside a parent run's name
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Selenium (Debian's chromium and chromium-driver; skipped without them)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("no browser: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1900,1100"):
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(service=webdriver.ChromeService(driver), options=options)
+    chrome.implicitly_wait(20)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield chrome
+    chrome.quit()
+
+
+def _page(chrome, url: str, shows: str) -> str:
+    """Open `url` and wait (up to 60 s) until the page's text contains `shows`; returns the text."""
+    chrome.get(url)
+    deadline = time.monotonic() + 60
+    while shows not in (text := chrome.find_element("tag name", "body").text) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert shows in text, f"{url} never showed {shows!r}:\n{text[:2000]}"
+    return text
+
+
+def _expand_runs(chrome) -> list[str]:
+    """Open every collapsed parent in the runs table (a plus sign; a minus once open); returns the
+    table's run names, top to bottom."""
+    for _ in range(10):
+        closed = [b for b in chrome.find_elements("css selector", EXPAND) if "V4.5" in b.get_attribute("innerHTML")]
+        if not closed:
+            break
+        closed[0].click()
+        time.sleep(1)
+    rows = chrome.execute_script(
+        "return [...document.querySelectorAll('[role=row][row-index]')].map(r => [Number(r.getAttribute('row-index')),"
+        " [...r.querySelectorAll('a[href*=\"/runs/\"]')].map(a => a.innerText).filter(t => t)])"
+    )
+    by_index = {i: links[0] for i, links in rows if links}
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def test_mlflow_and_prefect_uis_in_a_browser(servers, full_run, browser):
+    """What a user sees after a pipeline run, in a real browser: MLflow's runs table holds the stage
+    runs under `pipeline` and the per-model evaluation runs under `evaluate`; its chart view and
+    Compare runs set base, SFT-only and DPO side by side under the same metric names, with the
+    values MLflow's API has; the registered model shows the `champion` alias; Prefect's UI shows the
+    flow run completed on the `alignpipe` pool. Screenshots go to .alignpipe/screenshots/."""
+    client = mlflow.MlflowClient()
+    ui, prefect_ui = servers["env"]["MLFLOW_TRACKING_URI"], servers["env"]["PREFECT_API_URL"].removesuffix("/api")
+    parent = parent_of_flow_run("tiny", full_run)
+    exp = parent.info.experiment_id
+    children = runs_of("tiny", parent.info.run_id)
+    evaluate = next(r for r in children if r.info.run_name == "evaluate")
+    per_model = sorted(
+        runs_of("tiny", evaluate.info.run_id),
+        key=lambda r: ["base", "sft", "dpo"].index(r.data.tags["alignpipe.role"]),
+    )
+    assert [r.info.run_name for r in per_model] == ["eval-base", "eval-sft", "eval-dpo"]
+    ids = [parent.info.run_id] + [r.info.run_id for r in children + per_model]
+    only_these = urllib.parse.urlencode(
+        {"searchFilter": "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"}
+    )
+
+    # 1. The runs table: the stages under the pipeline, the scored models under evaluate.
+    _page(browser, f"{ui}/#/experiments/{exp}/runs?{only_these}", "pipeline")
+    names = _expand_runs(browser)
+    browser.save_screenshot(str(SCREENSHOTS / "mlflow-runs-table.png"))
+    assert names[0] == "pipeline" and {"select", "sft", "dpo", "evaluate", "compare"} <= set(names), names
+    at = names.index("evaluate")
+    assert sorted(names[at + 1 : at + 4]) == ["eval-base", "eval-dpo", "eval-sft"], names
+
+    # 2. The chart view: one `acc_seen` chart, a bar per scored model (the section of un-prefixed
+    # metrics, "Model metrics", comes after the evaluate run's own base/..., sft/... sections).
+    _page(browser, f"{ui}/#/experiments/{exp}/runs?{only_these}&compareRunsMode=CHART", "pipeline")
+    _expand_runs(browser)
+    for close in browser.find_elements("css selector", "button[aria-label='Close']"):  # the assistant panel
+        close.click()
+    browser.find_element("css selector", "input[placeholder='Search metric charts']").send_keys("acc_seen")
+    section = browser.find_element("xpath", "//*[starts-with(normalize-space(text()), 'Model metrics')]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", section)
+    time.sleep(2)
+    browser.save_screenshot(str(SCREENSHOTS / "mlflow-chart-view.png"))
+    cards = browser.find_elements("css selector", "[data-testid=experiment-view-compare-runs-card]")
+    (chart,) = [c.text.splitlines() for c in cards if c.text.splitlines()[:1] == ["acc_seen"]]
+    assert chart[-3:] == ["eval-base", "eval-sft", "eval-dpo"], chart
+    assert chart[1:4] == [f"{r.data.metrics['acc_seen']:.2f}" for r in per_model], chart
+
+    # 3. Compare runs: one row per metric, one column per model, MLflow's values to 3 decimals.
+    compare = {"runs": json.dumps([r.info.run_id for r in per_model]), "experiments": json.dumps([exp])}
+    _page(browser, f"{ui}/#/compare-runs?{urllib.parse.urlencode(compare)}", "acc_seen_lo")
+    row = browser.find_element("xpath", "//a[normalize-space(text())='acc_seen']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
+    time.sleep(1)
+    browser.save_screenshot(str(SCREENSHOTS / "mlflow-compare-runs.png"))
+    names_grid, values_grid = browser.execute_script(
+        "return [...document.querySelectorAll('.ReactVirtualized__Grid__innerScrollContainer')].map(g =>"
+        " [...g.children].map(c => [Math.round(c.getBoundingClientRect().top), c.getBoundingClientRect().left,"
+        " c.innerText]))"
+    )[-2:]
+    # the two grids scroll apart by a few pixels: pair the metric names with the value rows by rank
+    tops = sorted({top for top, _, _ in values_grid})
+    assert len(tops) == len(names_grid), (names_grid, values_grid)
+    row_of = {text: tops[i] for i, (_, _, text) in enumerate(sorted(names_grid))}
+    for metric in ("acc_seen", "acc_seen_lo", "acc_seen_hi"):
+        shown = [float(t) for top, _, t in sorted(values_grid, key=lambda c: c[1]) if top == row_of[metric]]
+        assert shown == [round(r.data.metrics[metric], 3) for r in per_model], (metric, shown)
+
+    # 4. The registered model and its champion.
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    model_page = _page(browser, f"{ui}/#/models/tiny", "@ champion")
+    browser.save_screenshot(str(SCREENSHOTS / "mlflow-registered-model.png"))
+    assert f"Version {champion.version}" in model_page
+
+    # 5. Prefect: the flow run, completed, from the deployment on the pool.
+    run_page = _page(browser, f"{prefect_ui}/runs/flow-run/{full_run}", "Completed")
+    browser.save_screenshot(str(SCREENSHOTS / "prefect-flow-run.png"))
+    assert "pipeline" in run_page and "full" in run_page and "alignpipe" in run_page
+    assert "Can't connect to Server API" not in run_page
 
 
 def test_three_runs_at_once_through_the_worker(servers):

@@ -1,18 +1,25 @@
-"""The pipeline's tracking on a real PostgreSQL: a private cluster started on 127.0.0.1 by the test,
-`tracking.uri=postgresql+psycopg2://...`, a real stage, checked through MLflow and in the database."""
+"""The pipeline on a real PostgreSQL: a private cluster started on 127.0.0.1 by the test. A stage with
+`tracking.uri=postgresql+psycopg2://...`; and `alignpipe up --database` with a second worker sharing
+the state, as two machines would. Checked through MLflow, Prefect and in the databases."""
 
 import glob
+import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import QUICK as QUICK_PIPELINE
+from conftest import ROOT, deployment_run, run_cli
 
 SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
 QUICK = [f"model.candidates=[{{name: small, tiny: {SMALL}}}]", "select.perplexity_rows=8", "select.generation_rows=4"]
@@ -140,3 +147,89 @@ def test_stage_tracked_in_postgresql(postgres, state_dir):
     with psycopg2.connect(uri.replace("postgresql+psycopg2", "postgresql")) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, name FROM runs WHERE run_uuid = %s", (run.info.run_id,))
         assert cur.fetchone() == ("FINISHED", "select")
+
+
+def _shared_servers_query(url: str, sql: str) -> list[tuple]:
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+@pytest.mark.slow
+def test_two_workers_on_shared_postgresql_state(postgres, tmp_path):
+    """Two machines' worth of the pipeline on one box: `alignpipe up --database` keeps Prefect's and
+    MLflow's databases in PostgreSQL, and a second `alignpipe worker` (another node: its own process,
+    the same shared state dir and servers) takes runs from the same pool. Two runs at once, one
+    worker each (limit 1): both complete, one on each worker; the flow runs and MLflow runs are rows
+    in PostgreSQL, the artifacts come back through the MLflow server, Prefect's results are in the
+    shared state dir."""
+    from mlflow.tracking import MlflowClient
+
+    server = postgres("postgres").replace("postgresql+psycopg2", "postgresql").rsplit("/", 1)[0]
+    home, pp, mp = tmp_path / "state", _free_port(), _free_port()
+    up = run_cli("up", "--home", home, "--database", server, "--prefect-port", pp, "--mlflow-port", mp, "--runs", 1)
+    worker = None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr + (home / "logs" / "deploy.log").read_text()
+        env = {"PREFECT_API_URL": f"http://127.0.0.1:{pp}/api", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mp}"}
+        log = open(tmp_path / "node-2.log", "w")
+        worker = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "alignpipe"), "worker", "--home", str(home), "--runs", "1"]
+            + ["--prefect", env["PREFECT_API_URL"], "--mlflow", env["MLFLOW_TRACKING_URI"], "--name", "node-2"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        runs = {"a": "pg-a", "b": "pg-b"}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = dict(
+                zip(
+                    runs,
+                    pool.map(
+                        lambda e: deployment_run({"env": env}, "sft-only", [*QUICK_PIPELINE, f"experiment={e}"]),
+                        runs.values(),
+                    ),
+                )
+            )
+        spans, ids = [], []
+        for name, (proc, flow_run_id) in done.items():
+            assert proc.returncode == 0 and "Completed" in proc.stdout, (
+                name,
+                proc.stdout[-3000:] + proc.stderr[-3000:],
+            )
+            with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}") as r:
+                run = json.load(r)
+            spans.append((datetime.fromisoformat(run["start_time"]), datetime.fromisoformat(run["end_time"])))
+            ids.append(flow_run_id)
+        # each worker runs one at a time, so two runs overlapping means both workers took one
+        (s1, e1), (s2, e2) = spans
+        assert s1 < e2 and s2 < e1, spans
+        node2 = (tmp_path / "node-2.log").read_text()
+        assert sum(i in node2 for i in ids) == 1, node2[-3000:]
+
+        prefect_db = server + "/prefect"
+        rows = _shared_servers_query(prefect_db, "SELECT id::text, state_type FROM flow_run")
+        assert {i: "COMPLETED" for i in ids}.items() <= dict(rows).items()
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        for experiment in runs.values():
+            exp = client.get_experiment_by_name(experiment)
+            assert exp.artifact_location.startswith("mlflow-artifacts:"), "artifacts must go through the server"
+            (parent,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'pipeline'")
+            assert parent.info.status == "FINISHED"
+            assert _shared_servers_query(
+                server + "/mlflow", f"SELECT status FROM runs WHERE run_uuid = '{parent.info.run_id}'"
+            ) == [("FINISHED",)]
+            gate = Path(client.download_artifacts(parent.info.run_id, "gate.json", str(tmp_path)))
+            assert json.loads(gate.read_text())["candidate"] == "sft"
+        assert not (home / "mlflow.db").exists() and not (home / "prefect" / "prefect.db").exists()
+        assert any((home / "mlartifacts").rglob("gate.json")), "the server keeps the artifacts in the state dir"
+        assert any((home / "prefect" / "storage").iterdir()), "Prefect's task results are in the shared state dir"
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+        down = run_cli("down", "--home", home, timeout=120)
+        assert down.returncode == 0, down.stderr
