@@ -167,3 +167,20 @@ def test_a_damaged_or_custom_code_model_is_one_line_with_the_fix(tmp_path):
     )
     with pytest.raises(ModelSourceError, match=r"set model.trust_remote_code=true only if you trust"):
         count_parameters(str(custom), ModelSection())
+
+
+def test_batched_greedy_generation_matches_one_by_one(model, tok):
+    """Evaluation generates in left-padded batches: the greedy outputs are those of one prompt at a time."""
+    from alignpipe.evaluation import scoring
+
+    prompts = [
+        "Instruction: name a colour.\nResponse:",
+        "Instruction: write the word cat backwards, then explain what you did in one sentence.\nResponse:",
+        "Q: 2+2?\nA:",
+        "Instruction: list three fruits, separated by commas, without any other words at all.\nResponse:",
+        "Say hi.",
+        "Instruction: summarise the plot of a story about a small dog that finds its way home.\nResponse:",
+    ]
+    one_by_one = [scoring.generate(model, tok, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    assert scoring.generate(model, tok, prompts, max_new_tokens=12, batch_size=4) == one_by_one
+    assert len(set(one_by_one)) > 1  # not one string for every prompt: the comparison has teeth
