@@ -55,6 +55,8 @@ def resolve_inputs(cfg: PipelineConfig, name: str, given: dict[str, Any]) -> dic
         return found
 
     def sft_model() -> tuple[str, str | None]:
+        if "sft" in inputs:  # given (--input sft=PATH): trained with the recipe's sft.template
+            return inputs["sft"], None
         if cfg.preference.model_path:
             return cfg.preference.model_path, None
         sft = upstream("sft")

@@ -100,3 +100,14 @@ def test_gate_respects_metric_direction_and_tolerance():
         verdict(load_config("configs/tiny.yaml", ["promote.metrics=[acc_seen]"]), "sft", only_sft)["baseline"]
         == "base"
     )
+
+
+def test_a_given_sft_model_runs_nothing_upstream(state_dir):
+    """`alignpipe stage dpo --input sft=PATH` (or reward): the given model, the recipe's template, and
+    no select or SFT run first to find out the template."""
+    from alignpipe.flows.runner import resolve_inputs
+
+    cfg = load_config("configs/tiny.yaml")
+    assert resolve_inputs(cfg, "dpo", {"sft": "/models/sft"}) == {"sft": "/models/sft", "template": None}
+    assert resolve_inputs(cfg, "reward", {"sft": "/models/sft"}) == {"sft": "/models/sft", "template": None}
+    assert not (state_dir / "runs").exists()

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""ZeRO's memory promise, measured: peak memory per rank and tokens/s of the SFT stage on one model,
+1 process vs 2 ranks under ZeRO-2, ZeRO-3 and their CPU-offload variants, side by side in one run.
+
+    python benchmarks/zero_memory.py [--hidden 1024] [--layers 16] [--steps 3] [--variants single,zero2,zero3,...]
+
+The model is built locally (random init, one pretraining step: no hub) large enough that its
+training state dominates: with Adam in fp32, weights + gradients + two moments are 16 bytes a
+parameter (1024 x 16 layers: ~220M parameters, ~3.3 GiB of state). Each variant is a real
+`alignpipe stage sft configs/tiny.yaml --input base=MODEL` run (DeepSpeed launched for the 2-rank
+ones, the repo's deepspeed_configs/), in its own state dir, for the same optimizer steps and
+per-rank batch. While it runs, the resident memory (RSS) of every process of the job is sampled
+from /proc every 0.2 s; a rank's peak is the largest it reached. RSS includes each process's
+Python, torch and DeepSpeed runtime (about 0.6-1 GB), which ZeRO cannot split; the row `state/rank`
+gives what the parameters' training state alone would take. tokens/s: TRL's num_tokens over
+train_runtime, from the stage's printed metrics. On a CPU box the ranks share the cores, so
+throughput here says little about GPUs; the memory split is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from peak_memory import run_sampled
+
+REPO = Path(__file__).resolve().parents[1]
+ALIGNPIPE = REPO / ".venv" / "bin" / "alignpipe"
+VARIANTS = {  # name: (ranks, deepspeed config or None)
+    "single": (1, None),
+    "zero2": (2, "zero2.json"),
+    "zero3": (2, "zero3.json"),
+    "zero2_offload": (2, "zero2_offload.json"),
+    "zero3_offload": (2, "zero3_offload.json"),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> dict:
+    ranks, zero = VARIANTS[name]
+    sets = [
+        f"sft.max_steps={steps}",
+        f"sft.per_device_train_batch_size={batch}",
+        f"sft.max_length={length}",
+        "sft.save_steps=100000",
+        "sft.logging_steps=1",
+        "sft.warmup_steps=0",
+        "data.validation_rows=8",
+        "tracking.log_model_weights=false",
+    ]
+    if zero:
+        sets += [
+            f"distributed.num_processes={ranks}",
+            f"distributed.deepspeed=deepspeed_configs/{zero}",
+            f"distributed.master_port={_free_port()}",
+        ]
+    state = Path(tempfile.mkdtemp(prefix=f"zero-{name}-"))
+    cmd = [str(ALIGNPIPE), "stage", "sft", "configs/tiny.yaml", "--input", f"base={model}"]
+    cmd += [x for s in sets for x in ("--set", s)]
+    env = {**os.environ, "ALIGNPIPE_HOME": str(state), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    rc, out, peaks, wall = run_sampled(cmd, REPO, env)
+    if rc != 0:
+        raise SystemExit(f"{name}: the stage failed (rc {rc}):\n{out[-4000:]}")
+    # the trainers: the CLI itself (single) or the launched ranks (their command runs alignpipe.cli)
+    trainers = [rss for rss, c in peaks.values() if "alignpipe" in c and "deepspeed.launcher" not in c]
+    if zero:
+        trainers = [rss for rss, c in peaks.values() if "alignpipe.cli" in c and "deepspeed.launcher" not in c]
+    runtime = [float(x) for x in re.findall(r"'train_runtime': '([\d.]+)'", out)]
+    tokens = [float(x) for x in re.findall(r"'num_tokens': '([\d.e+]+)'", out)]
+    return {
+        "name": name,
+        "ranks": ranks,
+        "peak_rss_per_rank": max(sorted(trainers)[-ranks:]),
+        "job_rss_sum": sum(sorted(trainers)[-ranks:]),
+        "tokens_per_s": tokens[-1] / runtime[-1] if runtime and tokens else None,
+        "wall_s": wall,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per variant (default 3)")
+    p.add_argument("--batch", type=int, default=1, help="per-rank batch (default 1)")
+    p.add_argument("--length", type=int, default=128, help="sft.max_length (default 128)")
+    p.add_argument("--variants", default="single,zero2,zero3,zero3_offload")
+    a = p.parse_args(argv)
+    names = a.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+
+    os.environ.setdefault("ALIGNPIPE_CACHE", str(REPO / ".alignpipe" / "cache"))
+    sys.path.insert(0, str(REPO))
+    from alignpipe.core.config import TinySpec
+    from alignpipe.training import models
+
+    heads = max(1, a.hidden // 64)
+    spec = TinySpec(hidden_size=a.hidden, num_layers=a.layers, num_heads=heads, num_kv_heads=heads)
+    spec.pretrain_steps, spec.pretrain_batch_size = 1, 1
+    model = models.build_tiny(spec, Path(os.environ["ALIGNPIPE_CACHE"]))
+    n_params = json.loads((model / "alignpipe_tiny.json").read_text())["parameters"]
+    state_gb = n_params * 16 / 2**30
+    print(f"model {model.name}: {n_params / 1e6:.0f}M parameters, {state_gb:.2f} GiB of fp32 Adam training state")
+    rows = [run_variant(n, model, a.steps, a.batch, a.length) for n in names]
+    base = next((r for r in rows if r["name"] == "single"), rows[0])
+    print(f"\n{'variant':<14} {'ranks':>5} {'peak RSS/rank':>14} {'vs single':>9} {'state/rank':>11} {'tokens/s':>9}")
+    for r in rows:
+        kind, n = r["name"].removesuffix("_offload"), r["ranks"]
+        ideal = n_params * {"single": 16, "zero2": 4 + 12 / n, "zero3": 16 / n}[kind] / 2**30
+        tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
+        print(
+            f"{r['name']:<14} {n:>5} {r['peak_rss_per_rank'] / 2**30:>10.2f} GiB "
+            f"{r['peak_rss_per_rank'] / base['peak_rss_per_rank']:>8.2f}x {ideal:>7.2f} GiB {tps:>9}"
+        )
+    print(
+        "state/rank: fp32 weights + gradients + Adam moments a rank holds by design (ZeRO-2 splits gradients"
+        " and moments, ZeRO-3 the weights too); offload moves the split part to host memory, which on a CPU"
+        " box is the same RAM"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
