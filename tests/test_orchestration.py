@@ -161,7 +161,7 @@ SCREENSHOTS = ROOT / ".alignpipe" / "screenshots"  # git-ignored; kept after the
 EXPAND = "button[data-component-id$='runnamecellrenderer.tsx_46']"  # the +/- beside a parent run's name
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser():
     """Headless Chromium through Selenium (Debian's chromium and chromium-driver; skipped without them)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
@@ -179,7 +179,7 @@ def browser():
     chrome.implicitly_wait(20)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     yield chrome
-    chrome.quit()
+    chrome.quit()  # at once: an open page (Prefect's live run graph) keeps a core busy drawing
 
 
 def _page(chrome, url: str, shows: str) -> str:
