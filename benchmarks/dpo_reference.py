@@ -49,7 +49,8 @@ def run(name: str, model: Path, a) -> dict:
     cmd = [str(ALIGNPIPE), "stage", "dpo", "configs/tiny.yaml", "--input", f"sft={model}"]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "ALIGNPIPE_HOME": str(state), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    rc, out, peaks, wall = run_sampled(cmd, REPO, env)
+    got = run_sampled(cmd, REPO, env)
+    rc, out, peaks, wall = got["rc"], got["out"], got["peaks"], got["wall"]
     if rc != 0:
         raise SystemExit(f"{name}: the stage failed (rc {rc}):\n{out[-4000:]}")
     loss = [float(x) for x in re.findall(r"'train_loss': '([-\d.e+]+)'", out)]

@@ -10,9 +10,14 @@ import time
 from pathlib import Path
 
 
-def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, dict[int, tuple[int, str]], float]:
-    """(return code, combined output, {pid: (peak RSS in bytes, command line)}, wall seconds)."""
+def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str], until: str | None = None) -> dict:
+    """Run `cmd`; returns rc, out (stdout and stderr), wall (s), peaks ({pid: (peak RSS bytes, command
+    line)}) and, with `until` (a regex), phase_peaks: the same, but only up to the first output line
+    that matches it (e.g. the end of training, before the model is saved and checked)."""
     peaks: dict[int, tuple[int, str]] = {}
+    phase_peaks: dict[int, tuple[int, str]] = {}
+    in_phase = threading.Event()
+    in_phase.set()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done = threading.Event()
 
@@ -20,17 +25,29 @@ def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, st
         while not done.is_set():
             for pid in _tree(proc.pid):
                 rss, command = _rss_and_cmd(pid)
-                if rss > peaks.get(pid, (0, ""))[0]:
-                    peaks[pid] = (rss, command)
+                for table, on in ((peaks, True), (phase_peaks, in_phase.is_set())):
+                    if on and rss > table.get(pid, (0, ""))[0]:
+                        table[pid] = (rss, command)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.monotonic()
     sampler.start()
-    out = proc.communicate()[0]
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if until and in_phase.is_set() and re.search(until, line):
+            in_phase.clear()
+    proc.wait()
     done.set()
     sampler.join()
-    return proc.returncode, out, peaks, time.monotonic() - started
+    return {
+        "rc": proc.returncode,
+        "out": "".join(lines),
+        "wall": time.monotonic() - started,
+        "peaks": peaks,
+        "phase_peaks": phase_peaks if until else {},
+    }
 
 
 def _tree(root: int) -> list[int]:

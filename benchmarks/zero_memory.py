@@ -69,22 +69,27 @@ def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> 
     cmd = [str(ALIGNPIPE), "stage", "sft", "configs/tiny.yaml", "--input", f"base={model}"]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "ALIGNPIPE_HOME": str(state), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    rc, out, peaks, wall = run_sampled(cmd, REPO, env)
-    if rc != 0:
-        raise SystemExit(f"{name}: the stage failed (rc {rc}):\n{out[-4000:]}")
-    # the trainers: the CLI itself (single) or the launched ranks (their command runs alignpipe.cli)
-    trainers = [rss for rss, c in peaks.values() if "alignpipe" in c and "deepspeed.launcher" not in c]
-    if zero:
-        trainers = [rss for rss, c in peaks.values() if "alignpipe.cli" in c and "deepspeed.launcher" not in c]
+    # TRL prints its final metrics (with train_runtime) when training ends, before the model is saved
+    got = run_sampled(cmd, REPO, env, until=r"'train_runtime'")
+    out = got["out"]
+    if got["rc"] != 0:
+        raise SystemExit(f"{name}: the stage failed (rc {got['rc']}):\n{out[-4000:]}")
+
+    def per_rank(table: dict) -> list[int]:
+        # the trainers: the CLI itself (single) or the launched ranks (python -u -m alignpipe.cli ...)
+        mark = "alignpipe.cli" if zero else "alignpipe"
+        found = [rss for rss, c in table.values() if mark in c and "deepspeed" not in c.split("alignpipe")[0]]
+        return sorted(found)[-ranks:]
+
     runtime = [float(x) for x in re.findall(r"'train_runtime': '([\d.]+)'", out)]
     tokens = [float(x) for x in re.findall(r"'num_tokens': '([\d.e+]+)'", out)]
     return {
         "name": name,
         "ranks": ranks,
-        "peak_rss_per_rank": max(sorted(trainers)[-ranks:]),
-        "job_rss_sum": sum(sorted(trainers)[-ranks:]),
+        "training": max(per_rank(got["phase_peaks"])),
+        "overall": max(per_rank(got["peaks"])),
         "tokens_per_s": tokens[-1] / runtime[-1] if runtime and tokens else None,
-        "wall_s": wall,
+        "wall_s": got["wall"],
     }
 
 
@@ -116,14 +121,17 @@ def main(argv=None) -> int:
     print(f"model {model.name}: {n_params / 1e6:.0f}M parameters, {state_gb:.2f} GiB of fp32 Adam training state")
     rows = [run_variant(n, model, a.steps, a.batch, a.length) for n in names]
     base = next((r for r in rows if r["name"] == "single"), rows[0])
-    print(f"\n{'variant':<14} {'ranks':>5} {'peak RSS/rank':>14} {'vs single':>9} {'state/rank':>11} {'tokens/s':>9}")
+    print(
+        f"\n{'variant':<14} {'ranks':>5} {'training peak/rank':>18} {'vs single':>9} {'whole-stage peak/rank':>21} "
+        f"{'state/rank':>10} {'tokens/s':>8}"
+    )
     for r in rows:
         kind, n = r["name"].removesuffix("_offload"), r["ranks"]
         ideal = n_params * {"single": 16, "zero2": 4 + 12 / n, "zero3": 16 / n}[kind] / 2**30
         tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         print(
-            f"{r['name']:<14} {n:>5} {r['peak_rss_per_rank'] / 2**30:>10.2f} GiB "
-            f"{r['peak_rss_per_rank'] / base['peak_rss_per_rank']:>8.2f}x {ideal:>7.2f} GiB {tps:>9}"
+            f"{r['name']:<14} {n:>5} {r['training'] / 2**30:>14.2f} GiB {r['training'] / base['training']:>8.2f}x "
+            f"{r['overall'] / 2**30:>17.2f} GiB {ideal:>6.2f} GiB {tps:>8}"
         )
     print(
         "state/rank: fp32 weights + gradients + Adam moments a rank holds by design (ZeRO-2 splits gradients"
