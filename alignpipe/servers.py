@@ -158,7 +158,7 @@ def postgres_databases(url: str, names: tuple[str, ...]) -> str:
     scheme, sep, rest = url.partition("://")
     server = rest.split("/", 1)[0]
     if not sep or scheme.split("+", 1)[0] != "postgresql" or not server:
-        raise ServerError(f"--database {url!r}: expected postgresql://USER[:PASSWORD]@HOST[:PORT]")
+        raise ServerError(f"--database {_hide_password(url)}: expected postgresql://USER[:PASSWORD]@HOST[:PORT]")
     try:
         import psycopg2
 

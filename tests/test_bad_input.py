@@ -198,3 +198,25 @@ def test_a_key_given_twice_in_the_recipe_is_refused(case):
 
 def test_an_empty_mlflow_store_is_not_silently_replaced(case):
     check(case["empty_store"], "'tracking.uri'", "mlflow.db is empty (0 bytes)", "restore it from a backup")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["up", "--database", "mysql://me:secret@db:3306"],
+            "--database mysql://me:***@db:3306: expected postgresql://",
+        ),
+        (
+            ["up", "--database", "postgresql://me@127.0.0.1:9"],
+            "--database postgresql://me@127.0.0.1:9: cannot connect",
+        ),
+        (["worker", "--prefect", "http://127.0.0.1:9/api", "--mlflow", "http://127.0.0.1:9"], "does not answer"),
+    ],
+)
+def test_servers_bad_database_or_unreachable_servers(args, says, tmp_path):
+    """One line naming the flag and the fix, before anything starts; a password is never printed."""
+    done = run_cli(*args, "--home", tmp_path, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith("error: "), done.stderr
+    assert says in done.stderr and "secret" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "pids").exists() or not any((tmp_path / "pids").iterdir())
