@@ -19,16 +19,14 @@ reference values; the tolerance printed is 1e-3 relative).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-from peak_memory import run_sampled
+from peak_memory import REPO, local_model, run_sampled
 
-REPO = Path(__file__).resolve().parents[1]
 ALIGNPIPE = REPO / ".venv" / "bin" / "alignpipe"
 
 
@@ -73,16 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat both, alternating which goes first")
     a = p.parse_args(argv)
 
-    os.environ.setdefault("ALIGNPIPE_CACHE", str(REPO / ".alignpipe" / "cache"))
-    sys.path.insert(0, str(REPO))
-    from alignpipe.core.config import TinySpec
-    from alignpipe.training import models
-
-    heads = max(1, a.hidden // 64)
-    spec = TinySpec(hidden_size=a.hidden, num_layers=a.layers, num_heads=heads, num_kv_heads=heads)
-    spec.pretrain_steps, spec.pretrain_batch_size = 1, 1
-    model = models.build_tiny(spec, Path(os.environ["ALIGNPIPE_CACHE"]))
-    n = json.loads((model / "alignpipe_tiny.json").read_text())["parameters"]
+    model, n = local_model(a.hidden, a.layers)
     print(f"model {model.name}: {n / 1e6:.0f}M parameters (a reference copy in fp32: {n * 4 / 2**30:.2f} GiB)")
     rows = []
     for r in range(a.rounds):

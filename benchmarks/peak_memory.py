@@ -1,13 +1,34 @@
-"""Run a command and sample the resident memory (RSS) of every process of it from /proc every 0.2 s:
-what the memory benchmarks (zero_memory.py, dpo_reference.py) share."""
+"""What the memory benchmarks (zero_memory.py, dpo_reference.py) share: a locally built model of a
+given size, and a command run while the resident memory (RSS) of each of its processes is sampled
+from /proc every 0.2 s."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def local_model(hidden: int, layers: int) -> tuple[Path, int]:
+    """A Llama of this size built in $ALIGNPIPE_CACHE (random init, one pretraining step: no hub);
+    returns its folder and its parameter count."""
+    os.environ.setdefault("ALIGNPIPE_CACHE", str(REPO / ".alignpipe" / "cache"))
+    sys.path.insert(0, str(REPO))
+    from alignpipe.core.config import TinySpec
+    from alignpipe.training import models
+
+    heads = max(1, hidden // 64)
+    spec = TinySpec(hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=heads)
+    spec.pretrain_steps, spec.pretrain_batch_size = 1, 1
+    model = models.build_tiny(spec, Path(os.environ["ALIGNPIPE_CACHE"]))
+    return model, json.loads((model / "alignpipe_tiny.json").read_text())["parameters"]
 
 
 def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str], until: str | None = None) -> dict:

@@ -20,7 +20,6 @@ throughput here says little about GPUs; the memory split is the point.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -28,9 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from peak_memory import run_sampled
+from peak_memory import REPO, local_model, run_sampled
 
-REPO = Path(__file__).resolve().parents[1]
 ALIGNPIPE = REPO / ".venv" / "bin" / "alignpipe"
 VARIANTS = {  # name: (ranks, deepspeed config or None)
     "single": (1, None),
@@ -107,16 +105,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
 
-    os.environ.setdefault("ALIGNPIPE_CACHE", str(REPO / ".alignpipe" / "cache"))
-    sys.path.insert(0, str(REPO))
-    from alignpipe.core.config import TinySpec
-    from alignpipe.training import models
-
-    heads = max(1, a.hidden // 64)
-    spec = TinySpec(hidden_size=a.hidden, num_layers=a.layers, num_heads=heads, num_kv_heads=heads)
-    spec.pretrain_steps, spec.pretrain_batch_size = 1, 1
-    model = models.build_tiny(spec, Path(os.environ["ALIGNPIPE_CACHE"]))
-    n_params = json.loads((model / "alignpipe_tiny.json").read_text())["parameters"]
+    model, n_params = local_model(a.hidden, a.layers)
     state_gb = n_params * 16 / 2**30
     print(f"model {model.name}: {n_params / 1e6:.0f}M parameters, {state_gb:.2f} GiB of fp32 Adam training state")
     rows = [run_variant(n, model, a.steps, a.batch, a.length) for n in names]
