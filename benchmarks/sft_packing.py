@@ -8,8 +8,13 @@ configs/tiny.yaml's first candidate, the stage's own prompt/completion rows, ful
 bf16 off) for the same number of optimizer steps and the same per-device batch size:
 
 - padded:        packing=False; the collator pads each batch to its longest row.
-- packed:        packing=True (TRL's default BFD strategy); TRL then also flattens each batch into
-                 one padding-free sequence with position_ids (no attention_mask).
+- packed:        packing=True (TRL's default BFD strategy), as the SFT stage runs it without
+                 flash-attention: each packed row (at most max_length tokens) stays a row, with
+                 position_ids restarting per example and no attention_mask, so transformers builds
+                 a block-diagonal mask per row (alignpipe.core.trl_api.PackedRowsCollator).
+- packed_flat:   packing=True exactly as TRL does it: the batch's rows flattened into one sequence
+                 of up to batch x max_length tokens (right for flash-attention's varlen kernels;
+                 with SDPA its one mask and attention cost (batch x max_length)^2).
 - padding_free:  padding_free=True without packing. TRL refuses this with max_length set (it would
                  not be enforced), so it is retried with max_length=None: rows are NOT truncated.
 
@@ -29,6 +34,7 @@ First run only: the tiny model is built and pretrained into $ALIGNPIPE_CACHE (mi
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -71,30 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def stage_dataset(rows: list[dict], template: str):
-    """The SFT stage's own prompt/completion rows (stages.sft._dataset), or the same built here."""
-    try:
-        from alignpipe.stages.sft import _dataset
-
-        return _dataset(rows, template)
-    except ImportError:
-        from datasets import Dataset
-
-        from alignpipe.data import templates
-
-        return Dataset.from_list(
-            [
-                {
-                    "prompt": templates.training_prompt(template, r["instruction"], r["input"]),
-                    "completion": templates.training_completion(template, r["output"]),
-                }
-                for r in rows
-            ]
-        )
-
-
 def count_batches(trainer, steps: int) -> tuple[int, int]:
     """(real tokens, total tokens) in the first `steps` collated train batches (re-iterating epochs)."""
+    from alignpipe.core.trl_api import real_tokens
+
     real = total = 0
     seen = 0
     while seen < steps:
@@ -107,14 +93,8 @@ def count_batches(trainer, steps: int) -> tuple[int, int]:
             if "attention_mask" in batch:
                 real += int(batch["attention_mask"].sum())
             elif "position_ids" in batch:
-                # Flattened padding-free sequence: all tokens are real except a pad_to_multiple_of tail.
-                pad_id = trainer.processing_class.pad_token_id
-                tail = 0
-                if trainer.args.pad_to_multiple_of:
-                    row = ids[0].tolist()
-                    while tail < len(row) and row[len(row) - 1 - tail] == pad_id:
-                        tail += 1
-                real += ids.numel() - tail
+                # packed rows or one flattened sequence: all tokens are real but a row's pad tail
+                real += real_tokens(batch, trainer.processing_class.pad_token_id)
             else:
                 real += ids.numel()
             seen += 1
@@ -124,6 +104,8 @@ def count_batches(trainer, steps: int) -> tuple[int, int]:
 
 
 def run_variant(name: str, extra: dict, *, source: str, cfg, tok, dataset, steps: int, max_length: int) -> dict:
+    from trl import SFTTrainer
+
     from alignpipe.core import trl_api
     from alignpipe.training import models
 
@@ -148,7 +130,8 @@ def run_variant(name: str, extra: dict, *, source: str, cfg, tok, dataset, steps
         model = models.load_model(source, cfg.model)
         try:
             args = trl_api.make_config("sft", out, user, ours=ours)
-            trainer = trl_api.trainer("sft", model=model, args=args, train_dataset=dataset, processing_class=tok)
+            make = SFTTrainer if name == "packed_flat" else functools.partial(trl_api.trainer, "sft")
+            trainer = make(model=model, args=args, train_dataset=dataset, processing_class=tok)
         except ValueError as e:
             if not (extra.get("padding_free") and not extra.get("packing") and ours["max_length"] is not None):
                 return {"name": name, "error": _first_line(e)}
@@ -239,10 +222,11 @@ def print_table(results: list[dict]) -> None:
                 f"  {r['name']}: note: dataloader count ({r['real_tokens']:,}) differs from TRL's num_tokens ({r['trl_tokens']:,})"  # noqa: E501
             )
     by = {r["name"]: r for r in results if "error" not in r}
-    if "padded" in by and "packed" in by:
-        pad_tps = by["padded"]["real_tokens"] / by["padded"]["seconds"]
-        pack_tps = by["packed"]["real_tokens"] / by["packed"]["seconds"]
-        print(f"packed/padded speedup (real tokens/s): {pack_tps / pad_tps:.2f}x")
+    if "padded" in by:
+        tps = {name: r["real_tokens"] / r["seconds"] for name, r in by.items()}
+        for name in ("packed", "packed_flat", "padding_free"):
+            if name in tps:
+                print(f"{name}/padded (real tokens/s): {tps[name] / tps['padded']:.2f}x")
 
 
 def main(argv=None) -> int:
@@ -272,7 +256,7 @@ def main(argv=None) -> int:
 
     disable_progress_bar()
 
-    from alignpipe import data
+    from alignpipe import data, training
     from alignpipe.core.recipe import load_config
     from alignpipe.training import models
 
@@ -283,7 +267,7 @@ def main(argv=None) -> int:
     source = models.resolve(candidate, cfg)
     tok = models.load_tokenizer(source, cfg.model)
     rows = data.load("sft", data_path)
-    dataset = stage_dataset(rows, cfg.sft.template)
+    dataset = training.sft_dataset(rows, cfg.sft.template)
     attn = getattr(models.load_model(source, cfg.model).config, "_attn_implementation", "?")
     print(
         f"sft_packing: {len(rows)} rows from {data_path}; model {candidate.name} ({source}, attn={attn}, "
@@ -295,6 +279,7 @@ def main(argv=None) -> int:
     variants = [
         ("padded", {"packing": False}),
         ("packed", {"packing": True}),
+        ("packed_flat", {"packing": True}),
         ("padding_free", {"packing": False, "padding_free": True}),
     ]
     results = []
@@ -319,12 +304,11 @@ def main(argv=None) -> int:
             else ""
         )
     )
-    if attn not in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn"):
-        print(
-            f"note: attention is {attn}, not flash-attention varlen: a packed/padding-free batch is ONE flattened sequence "  # noqa: E501
-            f"(packed: up to {BATCH}x{a.max_length} tokens) kept apart by a block-diagonal mask built from position_ids, "  # noqa: E501
-            "so attention costs O(flattened length^2) instead of O(batch x row length^2)."
-        )
+    print(
+        f"attention: {attn}. packed keeps each packed row apart ({BATCH} rows of up to {a.max_length} tokens, a "
+        f"block-diagonal mask per row); packed_flat is TRL's one flattened sequence of up to {BATCH}x{a.max_length} "
+        "tokens, which only flash-attention's varlen kernels run without an O(length^2) mask."
+    )
     return 0
 
 

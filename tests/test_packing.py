@@ -79,3 +79,71 @@ def test_a_packed_example_has_the_same_loss_as_alone(arch, attn):
     # default) transformers does not look for packed rows in position_ids, and they see each other
     cached = _token_losses(model, packed, use_cache=True)
     assert (cached[LENGTHS[0] :] - together[LENGTHS[0] :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("attn", _attention_implementations())
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_packed_rows_kept_apart_give_each_example_its_own_loss(arch, attn):
+    """The CPU layout (trl_api.PackedRowsCollator): packed rows stay rows, each with restarting
+    positions, and the shorter row's pad tail is its own block."""
+    from alignpipe.core.trl_api import PackedRowsCollator, real_tokens
+
+    device = "cuda" if attn == "flash_attention_2" else "cpu"
+    model = _model(arch, attn, device)
+    gen = torch.Generator().manual_seed(2)
+    examples = [torch.randint(3, 320, (n,), generator=gen).tolist() for n in LENGTHS]
+    rows = [
+        {"input_ids": examples[0] + examples[1], "seq_lengths": [LENGTHS[0], LENGTHS[1]]},
+        {"input_ids": examples[2], "seq_lengths": [LENGTHS[2]]},
+    ]
+    batch = PackedRowsCollator(pad_token_id=0, padding_free=True)(rows)
+    width = LENGTHS[0] + LENGTHS[1]
+    assert batch["input_ids"].shape == (2, width) and "attention_mask" not in batch
+    assert real_tokens(batch, pad_token_id=0) == sum(LENGTHS)
+    together = _token_losses(model, batch).view(2, width - 1)
+    tolerance = 2e-2 if attn == "flash_attention_2" else 1e-5
+    for row, start, example in ((0, 0, examples[0]), (0, LENGTHS[0], examples[1]), (1, 0, examples[2])):
+        alone = _token_losses(model, DataCollatorForLanguageModeling(pad_token_id=0)([{"input_ids": example}]))
+        n = len(example)
+        torch.testing.assert_close(together[row, start : start + n - 1], alone, atol=tolerance, rtol=tolerance)
+
+
+def test_the_sft_trainer_keeps_packed_rows_apart_without_flash_attention(tmp_path):
+    from datasets import Dataset
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    from alignpipe.core import trl_api
+
+    vocab = {f"w{i}": i for i in range(320)}
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(tok_models.WordLevel(vocab, unk_token="w1")), pad_token="w0", eos_token="w2"
+    )
+    tok.pre_tokenizer = None
+    model = _model("llama", "sdpa", "cpu").train()
+    gen = torch.Generator().manual_seed(3)
+    data = Dataset.from_list(
+        [{"input_ids": torch.randint(3, 320, (n,), generator=gen).tolist()} for n in (5, 9, 4, 12, 7, 3, 8, 6)]
+    )
+    args = trl_api.make_config(
+        "sft",
+        str(tmp_path),
+        {},
+        ours={
+            "packing": True,
+            "max_length": 16,
+            "per_device_train_batch_size": 2,
+            "num_train_epochs": 1,
+            "logging_steps": 1,
+        },
+    )
+    trainer = trl_api.trainer("sft", model=model, args=args, train_dataset=data, processing_class=tok)
+    assert isinstance(trainer.data_collator, trl_api.PackedRowsCollator)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 2 and batch["input_ids"].shape[1] <= 16
+    trainer.train()
+    # TRL's num_tokens counts every real token of the rows (it would count one row's width)
+    assert trainer._total_train_tokens == sum(len(ids) for ids in data["input_ids"])
+    logged = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    assert logged[-1] == trainer._total_train_tokens

@@ -137,7 +137,79 @@ def _expected(tp: Any) -> str:
 
 def trainer(kind: str, **kwargs):
     _, cls = _classes(kind)
-    return cls(**kwargs)
+    made = cls(**kwargs)
+    if kind == "sft" and made.args.packing and made.padding_free and not _flash_attention(made.model):
+        _keep_packed_rows_apart(made)
+    return made
+
+
+def _flash_attention(model) -> bool:
+    from trl.trainer.sft_trainer import FLASH_ATTENTION_VARIANTS
+
+    return model.config._attn_implementation in FLASH_ATTENTION_VARIANTS
+
+
+def _keep_packed_rows_apart(sft_trainer) -> None:
+    """Packed SFT batches as rows of at most max_length tokens, not TRL's one flattened row.
+
+    TRL's packing flattens a batch of B packed rows into one B x max_length sequence: right for
+    flash-attention's varlen kernels, but SDPA and eager attention then build (and compute) one
+    (B x L)^2 mask. Kept apart, each row gets its own block-diagonal mask from its position_ids
+    (transformers detects the restarts), so attention costs B x L^2 and no example sees another."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    flat = sft_trainer.data_collator
+    if type(flat) is not DataCollatorForLanguageModeling:  # a collator of the user's: leave it alone
+        return
+    sft_trainer.data_collator = PackedRowsCollator(
+        pad_token_id=flat.pad_token_id, padding_free=True, pad_to_multiple_of=flat.pad_to_multiple_of
+    )
+    count = sft_trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        counted = sft_trainer._total_train_tokens
+        result = count(model, inputs, *args, **kwargs)
+        if sft_trainer._total_train_tokens != counted:  # a train step: TRL counted one row's width per rank
+            real = torch.tensor(real_tokens(inputs, flat.pad_token_id), device=inputs["input_ids"].device)
+            sft_trainer._total_train_tokens = counted + sft_trainer.accelerator.gather_for_metrics(real).sum().item()
+            sft_trainer._metrics["train"]["num_tokens"] = [sft_trainer._total_train_tokens]  # what TRL logs
+        return result
+
+    sft_trainer.compute_loss = compute_loss
+
+
+def real_tokens(batch: dict, pad_token_id: int) -> int:
+    """Tokens of a packed-rows batch that are not the pad tail of a row shorter than the batch."""
+    pads = 0
+    for ids, positions in zip(batch["input_ids"], batch["position_ids"]):
+        tail = int(len(positions) - (positions == 0).nonzero()[-1])  # the row's last block
+        if bool((ids[-tail:] == pad_token_id).all()):
+            pads += tail
+    return batch["input_ids"].numel() - pads
+
+
+class PackedRowsCollator:
+    """TRL's padding-free collator applied to each packed row alone; the rows are then padded to the
+    batch's longest. A pad tail is its own block (positions restart at 0; labels -100), so every
+    real token attends only within its own example."""
+
+    def __init__(self, **flat_kwargs):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.row = DataCollatorForLanguageModeling(**flat_kwargs)
+        self.pad_token_id = self.row.pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        rows = [self.row([example]) for example in examples]  # each: input_ids, labels, position_ids of [1, n]
+        width = max(r["input_ids"].shape[1] for r in rows)
+        fill = {"input_ids": self.pad_token_id, "labels": -100}
+        out = {key: [] for key in ("input_ids", "labels", "position_ids")}
+        for r in rows:
+            tail = width - r["input_ids"].shape[1]
+            for key in out:
+                pad = torch.arange(tail) if key == "position_ids" else torch.full((tail,), fill[key])
+                out[key].append(torch.cat([r[key][0], pad.to(r[key].dtype)]))
+        return {key: torch.stack(values) for key, values in out.items()}
 
 
 def config_class_name(kind: str) -> str:
