@@ -318,6 +318,9 @@ def part_train(work: Path, smoke: bool, method: str, zero: int | None) -> dict:
     trainer.model.register_forward_pre_hook(meter.hook, with_kwargs=True)
     trainer.add_callback(meter.callback())
     out = trainer.train()
+    if trainer.is_deepspeed_enabled:  # what actually ran: the engine's ZeRO stage and optimizer
+        engine = trainer.model_wrapped
+        note.append(f"deepspeed ZeRO-{engine.zero_optimization_stage()} {type(engine.optimizer).__name__}")
     tps, tokens = meter.tokens_per_s()
     row = {
         "tokens_per_s": round(tps, 1),
