@@ -31,12 +31,15 @@ def local_model(hidden: int, layers: int) -> tuple[Path, int]:
     return model, json.loads((model / "alignpipe_tiny.json").read_text())["parameters"]
 
 
-def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str], until: str | None = None) -> dict:
+def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str], until: str | None = None, times: int = 1) -> dict:
     """Run `cmd`; returns rc, out (stdout and stderr), wall (s), peaks ({pid: (peak RSS bytes, command
-    line)}) and, with `until` (a regex), phase_peaks: the same, but only up to the first output line
-    that matches it (e.g. the end of training, before the model is saved and checked)."""
+    line)}) and, with `until` (a regex), phase_peaks: the same, but only up to the `times`-th output
+    line that matches it (e.g. the last optimizer step's log, before checkpoints and the model are saved). detail and
+    phase_detail: {pid: {kind: peak bytes}} for the kinds of `_memory` (rss, anon, file, shmem, pss)."""
     peaks: dict[int, tuple[int, str]] = {}
     phase_peaks: dict[int, tuple[int, str]] = {}
+    detail: dict[int, dict[str, int]] = {}
+    phase_detail: dict[int, dict[str, int]] = {}
     in_phase = threading.Event()
     in_phase.set()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,20 +48,27 @@ def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str], until: str | Non
     def sample():
         while not done.is_set():
             for pid in _tree(proc.pid):
-                rss, command = _rss_and_cmd(pid)
-                for table, on in ((peaks, True), (phase_peaks, in_phase.is_set())):
+                memory, command = _memory(pid)
+                rss = memory.get("rss", 0)
+                for table, kinds, on in ((peaks, detail, True), (phase_peaks, phase_detail, in_phase.is_set())):
                     if on and rss > table.get(pid, (0, ""))[0]:
                         table[pid] = (rss, command)
+                    if on:
+                        seen = kinds.setdefault(pid, {})
+                        for kind, value in memory.items():
+                            seen[kind] = max(seen.get(kind, 0), value)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.monotonic()
     sampler.start()
-    lines = []
+    lines, matched = [], 0
     for line in proc.stdout:
         lines.append(line)
         if until and in_phase.is_set() and re.search(until, line):
-            in_phase.clear()
+            matched += 1
+            if matched == times:
+                in_phase.clear()
     proc.wait()
     done.set()
     sampler.join()
@@ -68,6 +78,8 @@ def run_sampled(cmd: list[str], cwd: Path, env: dict[str, str], until: str | Non
         "wall": time.monotonic() - started,
         "peaks": peaks,
         "phase_peaks": phase_peaks if until else {},
+        "detail": detail,
+        "phase_detail": phase_detail if until else {},
     }
 
 
@@ -89,11 +101,21 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _rss_and_cmd(pid: int) -> tuple[int, str]:
+def _memory(pid: int) -> tuple[dict[str, int], str]:
+    """A process's resident memory in bytes: rss (all of it), anon (private heap), file (mapped files:
+    libraries, mmapped checkpoints), shmem (shared memory) and pss (the proportional share: a page
+    shared by n processes counts 1/n in each), and its command line."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
-        return 0, ""
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return (int(found.group(1)) * 1024 if found else 0), cmd
+        return {}, ""
+    fields = {"rss": (status, "VmRSS"), "anon": (status, "RssAnon"), "file": (status, "RssFile")}
+    fields |= {"shmem": (status, "RssShmem"), "pss": (rollup, "Pss")}
+    memory = {}
+    for kind, (text, name) in fields.items():
+        found = re.search(rf"^{name}:\s+(\d+) kB", text, re.M)
+        if found:
+            memory[kind] = int(found.group(1)) * 1024
+    return memory, cmd

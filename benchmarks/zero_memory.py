@@ -10,11 +10,17 @@ parameter (1024 x 16 layers: ~220M parameters, ~3.3 GiB of state). Each variant 
 `alignpipe stage sft configs/tiny.yaml --input base=MODEL` run (DeepSpeed launched for the 2-rank
 ones, the repo's deepspeed_configs/), in its own state dir, for the same optimizer steps and
 per-rank batch. While it runs, the resident memory (RSS) of every process of the job is sampled
-from /proc every 0.2 s; a rank's peak is the largest it reached. RSS includes each process's
-Python, torch and DeepSpeed runtime (about 0.6-1 GB), which ZeRO cannot split; the row `state/rank`
-gives what the parameters' training state alone would take. tokens/s: TRL's num_tokens over
-train_runtime, from the stage's printed metrics. On a CPU box the ranks share the cores, so
-throughput here says little about GPUs; the memory split is the point.
+from /proc every 0.2 s. A rank's peak is the largest it reached: in training (up to the log of
+the next-to-last optimizer step: model load, DeepSpeed setup and a whole step with Adam's state)
+and over the whole stage (with the Trainer's final checkpoint, for which ZeRO-3's rank 0 gathers
+the whole model, the save and the integrity check). The 2-rank jobs get the launcher's environment
+(alignpipe.training.launch), which sets MALLOC_MMAP_THRESHOLD_: glibc otherwise kept the buffers
+ZeRO-3 frees at every step in each rank's heap. RSS includes each process's Python, torch and
+DeepSpeed runtime (about 0.5-0.7 GB), which ZeRO cannot split; the column `state/rank` gives what
+the parameters' training state alone would take. Each variant's largest rank is also broken down
+(anon: private heap; file: mapped files; pss: shared pages split between the sharers). tokens/s:
+TRL's num_tokens over train_runtime, from the stage's printed metrics. On a CPU box the ranks share
+the cores, so throughput here says little about GPUs; the memory split is the point.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -46,7 +53,7 @@ def _free_port() -> int:
 
 
 def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> dict:
-    ranks, zero = VARIANTS[name]
+    ranks, zero = VARIANTS[name] if name in VARIANTS else (2, name)
     sets = [
         f"sft.max_steps={steps}",
         f"sft.per_device_train_batch_size={batch}",
@@ -60,15 +67,18 @@ def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> 
     if zero:
         sets += [
             f"distributed.num_processes={ranks}",
-            f"distributed.deepspeed=deepspeed_configs/{zero}",
+            f"distributed.deepspeed={zero if '/' in zero else 'deepspeed_configs/' + zero}",
             f"distributed.master_port={_free_port()}",
         ]
-    state = Path(tempfile.mkdtemp(prefix=f"zero-{name}-"))
+    state = Path(tempfile.mkdtemp(prefix=f"zero-{Path(name).stem}-"))
     cmd = [str(ALIGNPIPE), "stage", "sft", "configs/tiny.yaml", "--input", f"base={model}"]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "ALIGNPIPE_HOME": str(state), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    # TRL prints its final metrics (with train_runtime) when training ends, before the model is saved
-    got = run_sampled(cmd, REPO, env, until=r"'train_runtime'")
+    # "training": up to the log of the next-to-last optimizer step (logging_steps=1). The Trainer's final
+    # checkpoint (ZeRO-3's rank 0 gathers the whole model for it) starts as soon as the last step is
+    # logged, sooner than that log line reaches this process through the launcher.
+    got = run_sampled(cmd, REPO, env, until=r"\{'loss': ", times=max(1, steps - 1))
+    shutil.rmtree(state, ignore_errors=True)  # a checkpoint with optimizer state: GBs a variant
     out = got["out"]
     if got["rc"] != 0:
         raise SystemExit(f"{name}: the stage failed (rc {got['rc']}):\n{out[-4000:]}")
@@ -81,6 +91,13 @@ def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> 
 
     runtime = [float(x) for x in re.findall(r"'train_runtime': '([\d.]+)'", out)]
     tokens = [float(x) for x in re.findall(r"'num_tokens': '([\d.e+]+)'", out)]
+    ranks_rss = {pid: rss for pid, (rss, c) in got["phase_peaks"].items() if rss in per_rank(got["phase_peaks"])}
+    top = max(ranks_rss, key=ranks_rss.get)
+    print(
+        f"{name}: training peaks of its largest rank: "
+        + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in got["phase_detail"][top].items()),
+        flush=True,
+    )
     return {
         "name": name,
         "ranks": ranks,
@@ -95,13 +112,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per variant (default 3)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per variant (default 3, at least 2)")
     p.add_argument("--batch", type=int, default=1, help="per-rank batch (default 1)")
     p.add_argument("--length", type=int, default=128, help="sft.max_length (default 128)")
     p.add_argument("--variants", default="single,zero2,zero3,zero3_offload")
     a = p.parse_args(argv)
+    if a.steps < 2:
+        p.error("--steps must be at least 2 (training is measured up to the next-to-last step)")
     names = a.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n not in VARIANTS and not n.endswith(".json")]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
 
@@ -115,7 +134,7 @@ def main(argv=None) -> int:
         f"{'state/rank':>10} {'tokens/s':>8}"
     )
     for r in rows:
-        kind, n = r["name"].removesuffix("_offload"), r["ranks"]
+        kind, n = next(k for k in ("zero3", "zero2", "single") if k in r["name"]), r["ranks"]
         ideal = n_params * {"single": 16, "zero2": 4 + 12 / n, "zero3": 16 / n}[kind] / 2**30
         tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         print(

@@ -7,6 +7,7 @@ into <repo>/.alignpipe/cache/torch_extensions; later runs reuse them.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -409,7 +410,11 @@ def _launched(state, stage, zero):
 
 def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
     select = StageResult.read(ranks_state / "runs" / "tiny" / "select.json")
-    sft, _ = _launched(ranks_state, "sft", "zero3")
+    sft, out = _launched(ranks_state, "sft", "zero3")
+    # ZeRO-3 really partitions: each rank holds half of the parameters from the load on
+    held = re.findall(r"sft: ZeRO-3 rank (\d): holds ([\d,]+) of ([\d,]+) parameters", out)
+    assert sorted(r for r, _, _ in held) == ["0", "1"], out[-3000:]
+    assert all(abs(int(h.replace(",", "")) / int(n.replace(",", "")) - 0.5) < 0.01 for _, h, n in held), held
     runs = _stage_runs(ranks_state, "sft")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == sft.run_id
     before, after = _weights(select.model_path), _weights(sft.model_path)

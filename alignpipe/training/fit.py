@@ -15,7 +15,7 @@ from alignpipe.core.config import LoraSection, PipelineConfig
 from alignpipe.core.files import atomic_dir
 from alignpipe.data import templates
 from alignpipe.training.integrity import check_integrity
-from alignpipe.training.launch import deepspeed_args, in_rank
+from alignpipe.training.launch import deepspeed_args, in_rank, rank
 from alignpipe.training.models import ModelSourceError, load_model, load_tokenizer
 
 
@@ -94,11 +94,22 @@ def save_model(model, tokenizer, out: Path) -> Path:
     return out
 
 
+def zero3_partition(model) -> tuple[int, int] | None:
+    """(parameters this rank holds, parameters in the model) when ZeRO-3 partitioned it as it loaded."""
+    params = list(model.parameters())
+    if not params or not all(hasattr(p, "ds_tensor") for p in params):
+        return None
+    return sum(p.ds_tensor.numel() for p in params), sum(p.ds_numel for p in params)
+
+
 def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Path]:
     """Train (resuming from the newest checkpoint in `out`), evaluate, log, save the final model.
 
     Returns the final metrics and the saved model dir. Runs inside the stage's MLflow run.
     """
+    held = zero3_partition(trainer.model)
+    if held:
+        print(f"{stage}: ZeRO-3 rank {rank()}: holds {held[0]:,} of {held[1]:,} parameters")
     resume = last_checkpoint(out / "checkpoints")
     if resume:
         print(f"{stage}: resuming from {resume}")
