@@ -135,9 +135,67 @@ def _expected(tp: Any) -> str:
     return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
 
 
-def trainer(kind: str, **kwargs):
+# Per method family: the TRL config fields that change a tokenized row's reference log-prob (the
+# collator's truncation, DPO's LD-DPO weighting, precision). Not beta, loss_type or the schedule.
+_REF_LOGPS_FIELDS = {
+    "dpo": ("max_length", "truncation_mode", "ld_alpha", "bf16", "fp16"),
+    "kto": ("max_length", "bf16", "fp16"),
+}
+# Fields with which TRL refuses `precompute_ref_log_probs` (DPOTrainer/KTOTrainer.__init__).
+PRECOMPUTE_CONFLICTS = ("use_liger_kernel", "sync_ref_model")
+
+
+def ref_logps_settings(kind: str, args) -> dict[str, Any]:
+    """What besides the SFT weights and the tokens decides a row's reference log-prob under `args`."""
+    from importlib.metadata import version
+
+    return {"trl": version("trl"), **{f: getattr(args, f) for f in _REF_LOGPS_FIELDS[kind]}}
+
+
+def trainer(kind: str, ref_logps_cache=None, **kwargs):
+    """TRL's trainer of `kind`; with `ref_logps_cache` (dpo, kto and precompute_ref_log_probs on), each
+    split's reference log-probs are loaded from it when it has them (no reference pass), else
+    computed by TRL and saved to it."""
     _, cls = _classes(kind)
-    return cls(**kwargs)
+    if ref_logps_cache is None:
+        return cls(**kwargs)
+    if not kwargs["args"].precompute_ref_log_probs or kind not in _REF_LOGPS_FIELDS:
+        raise ValueError(f"a reference log-prob cache needs {kind} with precompute_ref_log_probs")
+    return _cached_reference(cls)(ref_logps_cache=ref_logps_cache, **kwargs)
+
+
+@functools.cache
+def _cached_reference(cls: type) -> type:
+    """`cls` whose `_precompute_ref_logps(dataset, name, batch_size)` (trl 1.12: DPOTrainer and
+    KTOTrainer, called from __init__ and evaluate) goes through the cache. It returns the tokenized
+    dataset plus the reference columns, which the loss then reads from each batch."""
+    from accelerate.utils import gather_object
+    from datasets import concatenate_datasets
+
+    class Cached(cls):
+        def __init__(self, *args, ref_logps_cache, **kwargs):
+            self.ref_logps_cache = ref_logps_cache  # before super(): its __init__ precomputes
+            super().__init__(*args, **kwargs)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            self._set_signature_columns_if_needed()
+            reference = ("ref_chosen_logps", "ref_rejected_logps", "ref_logps", "ref_KL_logps")
+            inputs = dataset.select_columns(
+                [c for c in self._signature_columns if c in dataset.column_names and c not in reference]
+            )
+            found = self.ref_logps_cache.load(name, inputs)
+            # Every rank must take the same branch (computing gathers across ranks): reuse only if all have it.
+            if all(gather_object([found is not None])):
+                return concatenate_datasets([dataset, found], axis=1)
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            if self.accelerator.is_main_process:
+                self.ref_logps_cache.save(
+                    name, inputs, out.select_columns([c for c in out.column_names if c not in dataset.column_names])
+                )
+            return out
+
+    Cached.__name__ = Cached.__qualname__ = cls.__name__
+    return Cached
 
 
 def config_class_name(kind: str) -> str:
