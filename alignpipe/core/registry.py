@@ -34,7 +34,7 @@ class Method:
     name: str
     trl_kind: str  # key of alignpipe.core.trl_api's trainer table
     entry: str  # `module:function` that trains it
-    fixed: dict[str, Any] = field(default_factory=dict)  # TRL config values the method sets (a recipe's win)
+    fixed: dict[str, Any] = field(default_factory=dict)  # TRL config values the method sets (a recipe's value wins)
     needs_reward: bool = False  # learns against the `reward` stage's model
     has_reference: bool = False  # regularised towards the SFT model (a reference copy)
     launchable: bool = False  # may run as a DeepSpeed/accelerate job on several ranks
