@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -55,7 +56,10 @@ def run(name: str, model: Path, cache: Path, a) -> dict:
         "ALIGNPIPE_CACHE": str(cache),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
-    got = run_sampled(cmd, REPO, env)
+    try:
+        got = run_sampled(cmd, REPO, env)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)  # its model and checkpoints: 1.4 GiB at the default size
     rc, out, peaks, wall = got["rc"], got["out"], got["peaks"], got["wall"]
     if rc != 0:
         raise SystemExit(f"{name}: the stage failed (rc {rc}):\n{out[-4000:]}")
@@ -93,6 +97,7 @@ def main(argv=None) -> int:
         cache = Path(tempfile.mkdtemp(prefix="dpo-cache-"))  # empty: `fresh` writes the artifact `cached` reads
         order = VARIANTS if r % 2 == 0 else ("fresh", "cached", "reference")
         rounds.append({name: run(name, model, cache, a) for name in order})
+        shutil.rmtree(cache, ignore_errors=True)
     for r, got in enumerate(rounds):
         print(f"\nround {r + 1}   {'reference':>12} {'fresh':>12} {'cached':>12}")
         rows = (
