@@ -203,3 +203,14 @@ def test_stage_rerun_and_variant_reuse_the_artifact_with_the_same_loss(sft, tmp_
     assert run.data.params["ref_logps_train_reused"] == "True"
     contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
     assert {"reference_logps_train", "reference_logps_eval"} <= contexts, contexts
+
+
+def test_precompute_default_gives_way_to_liger_and_sync_ref_model(capsys):
+    fixed = METHODS["dpo"].fixed
+    assert fixed["precompute_ref_log_probs"] and METHODS["kto"].fixed == fixed
+    assert reference.precompute_default(fixed, {"beta": 0.2}, "dpo") == fixed
+    off = reference.precompute_default(fixed, {"sync_ref_model": True}, "dpo")
+    assert off["precompute_ref_log_probs"] is False
+    assert capsys.readouterr().out.count("\n") == 1  # one line says why
+    asked = {"use_liger_kernel": True, "precompute_ref_log_probs": True}  # asked for both: TRL's own error
+    assert reference.precompute_default(fixed, asked, "dpo") == fixed
