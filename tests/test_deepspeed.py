@@ -386,13 +386,13 @@ def _weights(path) -> dict:
     return out
 
 
-def _launched(state, stage, zero):
+def _launched(state, stage, zero, *sets):
     started = time.monotonic()
     proc = run_cli(
         "stage",
         stage,
         TINY,
-        *sum((["--set", s] for s in FAST), []),
+        *sum((["--set", s] for s in [*FAST, *sets]), []),
         "--set",
         f"distributed.deepspeed=deepspeed_configs/{zero}.json",
         "--set",
@@ -429,6 +429,13 @@ def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
     changed = _weights(dpo.model_path)  # ZeRO-2 also writes the tied lm_head.weight
     assert set(after) <= set(changed) and any(not torch.equal(after[k], changed[k]) for k in after)
     assert "train_loss" in dpo.metrics
+    # Reference log-probs precomputed on both ranks (the default) and cached: another beta reads them.
+    used = dpo.details["ref_logps"]["train"]
+    assert Path(used["path"]).is_file()
+    variant, out = _launched(ranks_state, "dpo", "zero2", "preference.beta=0.2")
+    assert variant.details["ref_logps"]["train"] == {**used, "reused": True}
+    assert "[rank 1] reference log-probs for train: reusing" in out
+    assert variant.metrics["train_loss"] != dpo.metrics["train_loss"]
 
 
 def test_two_nodes_run_one_zero2_sft(ranks_state, tmp_path):

@@ -34,7 +34,7 @@ class Method:
     name: str
     trl_kind: str  # key of alignpipe.core.trl_api's trainer table
     entry: str  # `module:function` that trains it
-    fixed: dict[str, Any] = field(default_factory=dict)  # TRL config values the method always sets
+    fixed: dict[str, Any] = field(default_factory=dict)  # TRL config values the method sets (a recipe's value wins)
     needs_reward: bool = False  # learns against the `reward` stage's model
     has_reference: bool = False  # regularised towards the SFT model (a reference copy)
     launchable: bool = False  # may run as a DeepSpeed/accelerate job on several ranks
@@ -42,12 +42,14 @@ class Method:
 
 _OFFLINE = "alignpipe.stages.offline:run_offline"
 _ONLINE = "alignpipe.stages.online_rl:run_online_rl"
+_PRECOMPUTE = {"precompute_ref_log_probs": True}
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("dpo", "dpo", _OFFLINE, has_reference=True, launchable=True),
-        Method("kto", "kto", _OFFLINE, has_reference=True, launchable=True),
+        # Reference log-probs computed once and cached (alignpipe.training.reference): no reference model held.
+        Method("dpo", "dpo", _OFFLINE, fixed=_PRECOMPUTE, has_reference=True, launchable=True),
+        Method("kto", "kto", _OFFLINE, fixed=_PRECOMPUTE, has_reference=True, launchable=True),
         Method("orpo", "orpo", _OFFLINE, launchable=True),
         Method("simpo", "cpo", _OFFLINE, fixed={"loss_type": "simpo", "cpo_alpha": 0.0}, launchable=True),
         Method("ppo", "ppo", "alignpipe.stages.ppo:run_ppo", needs_reward=True, has_reference=True),

@@ -15,6 +15,7 @@ import os
 import tempfile
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,8 +136,33 @@ def _expected(tp: Any) -> str:
     return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
 
 
-def trainer(kind: str, **kwargs):
+# Per method family: the TRL config fields that change a tokenized row's reference log-prob (the
+# collator's truncation, DPO's LD-DPO weighting, precision). Not beta, loss_type or the schedule.
+_REF_LOGPS_FIELDS = {
+    "dpo": ("max_length", "truncation_mode", "ld_alpha", "bf16", "fp16"),
+    "kto": ("max_length", "bf16", "fp16"),
+}
+# Fields with which TRL refuses `precompute_ref_log_probs` (DPOTrainer/KTOTrainer.__init__).
+PRECOMPUTE_CONFLICTS = ("use_liger_kernel", "sync_ref_model")
+
+
+def ref_logps_settings(kind: str, args) -> dict[str, Any]:
+    """What besides the SFT weights and the tokens decides a row's reference log-prob under `args`."""
+    from importlib.metadata import version
+
+    return {"trl": version("trl"), **{f: getattr(args, f) for f in _REF_LOGPS_FIELDS[kind]}}
+
+
+def trainer(kind: str, ref_logps_cache=None, **kwargs):
+    """TRL's trainer of `kind`. For dpo and kto with precompute_ref_log_probs, each split's reference
+    log-probs are read from `ref_logps_cache` when it has them (no reference pass at all), else
+    computed by TRL and saved to it (`alignpipe.training.reference.RefLogpsCache`; None: not cached).
+    For sft with packing and without flash-attention, packed rows are kept apart (below)."""
     _, cls = _classes(kind)
+    if kind in _REF_LOGPS_FIELDS and kwargs["args"].precompute_ref_log_probs:
+        return _precomputing(cls)(ref_logps_cache=ref_logps_cache, **kwargs)
+    if ref_logps_cache is not None:
+        raise ValueError(f"a reference log-prob cache needs dpo or kto with precompute_ref_log_probs, not {kind}")
     made = cls(**kwargs)
     if kind == "sft" and made.args.packing and made.padding_free and not _flash_attention(made.model):
         _keep_packed_rows_apart(made)
@@ -210,6 +236,49 @@ class PackedRowsCollator:
                 pad = torch.arange(tail) if key == "position_ids" else torch.full((tail,), fill[key])
                 out[key].append(torch.cat([r[key][0], pad.to(r[key].dtype)]))
         return {key: torch.stack(values) for key, values in out.items()}
+
+
+@functools.cache
+def _precomputing(cls: type) -> type:
+    """`cls` whose `_precompute_ref_logps(dataset, name, batch_size)` (trl 1.12: DPOTrainer and
+    KTOTrainer, from __init__ and evaluate; it returns the tokenized dataset plus the reference
+    columns, which the loss reads from each batch) goes through the cache, and works on several ranks."""
+    from accelerate.utils import gather_object
+    from datasets import concatenate_datasets
+
+    class Precomputing(cls):
+        def __init__(self, *args, ref_logps_cache, **kwargs):
+            self.ref_logps_cache = ref_logps_cache  # before super(): its __init__ precomputes
+            super().__init__(*args, **kwargs)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            store = self.ref_logps_cache
+            if store is not None:
+                self._set_signature_columns_if_needed()
+                reference = ("ref_chosen_logps", "ref_rejected_logps", "ref_logps", "ref_KL_logps")
+                inputs = dataset.select_columns(
+                    [c for c in self._signature_columns if c in dataset.column_names and c not in reference]
+                )
+                found = store.load(name, inputs)
+                # Every rank must take the same branch (computing gathers across ranks): reuse only if all have it.
+                if all(gather_object([found is not None])):
+                    return concatenate_datasets([dataset, found], axis=1)
+            if not dataset.cache_files and self.accelerator.num_processes > 1:
+                # trl 1.12 hands the values from rank 0 to the others through dataset._get_cache_file_path,
+                # which for an in-memory dataset (ours) is a random file in a per-process temp dir: the other
+                # ranks would not find it. A path named by TRL's broadcast fingerprint, in the shared output dir.
+                shared = Path(self.args.output_dir) / "ref_logps_tmp"
+                shared.mkdir(parents=True, exist_ok=True)
+                dataset._get_cache_file_path = lambda fingerprint: str(shared / f"cache-{fingerprint}.arrow")
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            if store is not None and self.accelerator.is_main_process:
+                store.save(
+                    name, inputs, out.select_columns([c for c in out.column_names if c not in dataset.column_names])
+                )
+            return out
+
+    Precomputing.__name__ = Precomputing.__qualname__ = cls.__name__
+    return Precomputing
 
 
 def config_class_name(kind: str) -> str:
