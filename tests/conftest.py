@@ -16,6 +16,10 @@ if str(ROOT) not in sys.path:
 _ALIGNPIPE = ROOT / ".venv" / "bin" / "alignpipe"
 PREFECT = ROOT / ".venv" / "bin" / "prefect"
 
+# The small Llama the slow stage tests train (a few seconds to build), as a recipe override
+SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
+SMALL_CANDIDATE = f"model.candidates=[{{name: small, tiny: {SMALL}}}]"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache():

@@ -25,15 +25,14 @@ from alignpipe.core.recipe import load_config
 from alignpipe.core.result import StageResult
 from alignpipe.training import launch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, SMALL_CANDIDATE, run_cli
 
 pytestmark = pytest.mark.deepspeed
 
 TINY = "configs/tiny.yaml"
 DS = ROOT / "deepspeed_configs"
-SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
 FAST = [
-    f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+    SMALL_CANDIDATE,
     "select.perplexity_rows=16",
     "select.generation_rows=8",
     "data.validation_rows=16",

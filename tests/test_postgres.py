@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK as QUICK_PIPELINE
-from conftest import ROOT, deployment_run, run_cli
+from conftest import ROOT, SMALL_CANDIDATE, deployment_run, run_cli
 
-SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
-QUICK = [f"model.candidates=[{{name: small, tiny: {SMALL}}}]", "select.perplexity_rows=8", "select.generation_rows=4"]
+QUICK = [SMALL_CANDIDATE, "select.perplexity_rows=8", "select.generation_rows=4"]
 
 
 def _pg_bin() -> Path | None:

@@ -21,13 +21,12 @@ from alignpipe.stages.select import run_select
 from alignpipe.stages.sft import run_sft
 from alignpipe.training import models, reference
 
-from conftest import ROOT
+from conftest import ROOT, SMALL_CANDIDATE
 
 pytestmark = pytest.mark.slow
 
-SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
 FAST = [
-    f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+    SMALL_CANDIDATE,
     "select.perplexity_rows=16",
     "select.generation_rows=8",
     "sft.max_steps=12",

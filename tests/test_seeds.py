@@ -7,13 +7,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import run_cli
+from conftest import SMALL_CANDIDATE, run_cli
 
 pytestmark = pytest.mark.slow
 
-SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
 FAST = [
-    f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+    SMALL_CANDIDATE,
     "select.perplexity_rows=16",
     "select.generation_rows=8",
     "sft.max_steps=8",

@@ -12,9 +12,7 @@ from alignpipe.stages import self_instruct as si
 from alignpipe.stages.sft import run_sft
 from alignpipe.training import models
 
-from conftest import ROOT
-
-SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
+from conftest import ROOT, SMALL_CANDIDATE
 
 
 def test_rouge_l_matches_the_lcs_f_measure():
@@ -69,7 +67,7 @@ def cfg(tmp_path_factory):
         yield load_config(
             ROOT / "configs" / "tiny.yaml",
             [
-                f"model.candidates=[{{name: small, tiny: {SMALL}}}]",
+                SMALL_CANDIDATE,
                 f"self_instruct.seed_tasks={seeds}",
                 "self_instruct.enabled=true",
                 "self_instruct.rounds=2",

@@ -18,11 +18,10 @@ from alignpipe.stages.offline import run_offline
 from alignpipe.stages.select import run_select
 from alignpipe.stages.sft import run_sft
 
-from conftest import ROOT
+from conftest import ROOT, SMALL
 
 pytestmark = pytest.mark.slow
 
-SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, pretrain_steps: 40}"
 SMALLER = "{arch: qwen2, hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, pretrain_steps: 10}"
 FAST = [
     f"model.candidates=[{{name: small, tiny: {SMALL}}}, {{name: smaller, tiny: {SMALLER}}}]",
