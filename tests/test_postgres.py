@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -157,6 +158,32 @@ def _shared_servers_query(url: str, sql: str) -> list[tuple]:
 
 
 @pytest.mark.slow
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _stop_idle_worker(worker: subprocess.Popen, log: Path) -> None:
+    """Stop a worker as a user would (SIGTERM, as Ctrl-C) once its flow-run process has exited: a
+    worker signalled while the run it just finished was still exiting once took over 60 s to stop."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _children(worker.pid):
+        time.sleep(0.5)
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        pytest.fail("node-2 did not stop within 60 s of SIGTERM:\n" + log.read_text()[-3000:])
+
+
 def test_two_workers_on_shared_postgresql_state(postgres, tmp_path):
     """Two machines' worth of the pipeline on one box: `alignpipe up --database` keeps Prefect's and
     MLflow's databases in PostgreSQL, and a second `alignpipe worker` (another node: its own process,
@@ -229,7 +256,6 @@ def test_two_workers_on_shared_postgresql_state(postgres, tmp_path):
         assert any((home / "prefect" / "storage").iterdir()), "Prefect's task results are in the shared state dir"
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+            _stop_idle_worker(worker, tmp_path / "node-2.log")
         down = run_cli("down", "--home", home, timeout=120)
         assert down.returncode == 0, down.stderr
