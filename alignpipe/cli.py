@@ -250,6 +250,7 @@ def _servers(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         cmd = servers.worker_command(args.runs, args.name)
+        servers.default_signals()  # exec keeps an ignored SIGINT (`alignpipe worker ... &` in a script)
         os.execve(cmd[0], cmd, servers.worker_env(home, args.prefect, args.mlflow))
     if args.command == "up":
         try:

@@ -215,6 +215,15 @@ def status(home: Path) -> dict[str, dict]:
     return out
 
 
+def default_signals() -> None:
+    """SIGINT and SIGTERM back to their defaults, unblocked, for a server or worker about to start. A
+    process started in the background by a script (`cmd &`) inherits an ignored SIGINT, and exec
+    keeps it: Prefect's worker stops on SIGTERM by sending itself SIGINT, so it would never stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _start(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
     (home / "logs").mkdir(exist_ok=True)
     (home / "pids").mkdir(exist_ok=True)
@@ -227,6 +236,7 @@ def _start(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         cwd=os.getcwd(),
+        preexec_fn=default_signals,
     )
     (home / "pids" / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid

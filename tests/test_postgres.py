@@ -208,6 +208,8 @@ def test_two_workers_on_shared_postgresql_state(postgres, tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # as `alignpipe worker ... &` from a script: SIGINT ignored; it must still stop on SIGTERM
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         runs = {"a": "pg-a", "b": "pg-b"}
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -255,7 +257,9 @@ def test_two_workers_on_shared_postgresql_state(postgres, tmp_path):
         assert any((home / "mlartifacts").rglob("gate.json")), "the server keeps the artifacts in the state dir"
         assert any((home / "prefect" / "storage").iterdir()), "Prefect's task results are in the shared state dir"
     finally:
-        if worker is not None:
-            _stop_idle_worker(worker, tmp_path / "node-2.log")
-        down = run_cli("down", "--home", home, timeout=120)
-        assert down.returncode == 0, down.stderr
+        try:
+            if worker is not None:
+                _stop_idle_worker(worker, tmp_path / "node-2.log")
+        finally:
+            down = run_cli("down", "--home", home, timeout=120)
+            assert down.returncode == 0, down.stderr
