@@ -83,16 +83,18 @@ def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> 
     if got["rc"] != 0:
         raise SystemExit(f"{name}: the stage failed (rc {got['rc']}):\n{out[-4000:]}")
 
-    def per_rank(table: dict) -> list[int]:
-        # the trainers: the CLI itself (single) or the launched ranks (python -u -m alignpipe.cli ...)
+    def ranks_of(table: dict) -> list[tuple[int, int]]:
+        """(peak RSS, pid) of the trainers, largest last: the CLI itself (single) or the launched ranks
+        (python -u -m alignpipe.cli ...)."""
         mark = "alignpipe.cli" if zero else "alignpipe"
-        found = [rss for rss, c in table.values() if mark in c and "deepspeed" not in c.split("alignpipe")[0]]
+        found = [
+            (rss, pid) for pid, (rss, c) in table.items() if mark in c and "deepspeed" not in c.split("alignpipe")[0]
+        ]
         return sorted(found)[-ranks:]
 
     runtime = [float(x) for x in re.findall(r"'train_runtime': '([\d.]+)'", out)]
     tokens = [float(x) for x in re.findall(r"'num_tokens': '([\d.e+]+)'", out)]
-    ranks_rss = {pid: rss for pid, (rss, c) in got["phase_peaks"].items() if rss in per_rank(got["phase_peaks"])}
-    top = max(ranks_rss, key=ranks_rss.get)
+    training, top = ranks_of(got["phase_peaks"])[-1]
     print(
         f"{name}: training peaks of its largest rank: "
         + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in got["phase_detail"][top].items()),
@@ -101,8 +103,8 @@ def run_variant(name: str, model: Path, steps: int, batch: int, length: int) -> 
     return {
         "name": name,
         "ranks": ranks,
-        "training": max(per_rank(got["phase_peaks"])),
-        "overall": max(per_rank(got["peaks"])),
+        "training": training,
+        "overall": ranks_of(got["peaks"])[-1][0],
         "tokens_per_s": tokens[-1] / runtime[-1] if runtime and tokens else None,
         "wall_s": got["wall"],
     }
