@@ -122,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "stage":
+        from alignpipe.core.processes import die_with_launcher
+
+        die_with_launcher()  # a rank, before its heavy imports: no-op in a process nobody launched
     if args.command in ("up", "down", "status", "worker"):
         return _servers(args)
     # The rest of the package is imported here, not at the top: `up`, `down` and `status` need
@@ -136,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if launch.in_rank():
         _prefix_output(f"[rank {launch.rank()}] ")
-        launch.watch_launcher()
     processes.stop_on_sigterm()  # like Ctrl-C: a launched job's process group is killed
     _prefect_defaults()
     try:

@@ -20,6 +20,7 @@ import mlflow
 import pytest
 import torch
 
+from alignpipe.core import processes
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
 from alignpipe.core.result import StageResult
@@ -522,7 +523,7 @@ def _launched_by(pid: int) -> list[int]:
     found = []
     for env in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if f"{launch.WATCH_ENV}={pid}".encode() in env.read_bytes().split(b"\0"):
+            if f"{processes.WATCH_ENV}={pid}".encode() in env.read_bytes().split(b"\0"):
                 stat = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
                 if stat not in "ZX":
                     found.append(int(env.parent.name))
@@ -531,10 +532,65 @@ def _launched_by(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_no_rank_outlives_the_stage(ranks_state, sig):
+def _sleeper(env: dict | None = None, code: str = "", stdout=None) -> subprocess.Popen:
+    """A Python process in its own session that runs `code`, then sleeps."""
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import time\n{code}\ntime.sleep(300)"],
+        env=env,
+        start_new_session=True,
+        cwd=ROOT,
+        stdout=stdout,
+    )
+
+
+def _gone_within(proc: subprocess.Popen, seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return False
+
+
+def test_a_killed_owner_takes_its_job_group_with_it():
+    """`reap_with(owner, [-group])`, as the launching process starts it for every job: SIGKILL the
+    owner and the job's whole process group stops within seconds."""
+    owner = _sleeper()
+    job = _sleeper()
+    try:
+        processes.reap_with(owner.pid, [-job.pid])
+        owner.kill()
+        owner.wait()
+        assert _gone_within(job, 15), "the job's process group outlived its owner"
+    finally:
+        owner.kill()
+
+
+def test_a_rank_stops_its_group_when_its_launcher_is_gone():
+    """`die_with_launcher`, the rank-side second line: a process whose launcher dies kills its own group,
+    also when its output went to the dead launcher (a pipe nobody reads: printing raises BrokenPipeError)."""
+    launcher = _sleeper()
+    env = {**os.environ, processes.WATCH_ENV: str(launcher.pid)}
+    code = "from alignpipe.core.processes import die_with_launcher\ndie_with_launcher(0.2)"
+    rank = _sleeper(env, code, stdout=subprocess.PIPE)
+    try:
+        time.sleep(1)
+        assert rank.poll() is None, "the rank stopped while its launcher was alive"
+        rank.stdout.close()  # the reader of the rank's output is gone with the launcher
+        launcher.kill()
+        launcher.wait()
+        assert _gone_within(rank, 15), "the rank outlived its launcher"
+    finally:
+        launcher.kill()
+
+
+@pytest.mark.parametrize(
+    "sig, when", [(signal.SIGTERM, "training"), (signal.SIGKILL, "training"), (signal.SIGKILL, "starting")]
+)
+def test_no_rank_outlives_the_stage(ranks_state, sig, when):
     """The launcher and both ranks die with `alignpipe stage sft` on SIGTERM and on SIGKILL (which
-    gives the CLI no chance: each rank watches the process that launched it)."""
+    gives the CLI no chance: a watchdog the CLI started stops the job's process group, and each
+    rank watches the process that launched it), also when killed while the ranks still import."""
     cmd = [str(ROOT / ".venv" / "bin" / "alignpipe"), "stage", "sft", TINY, *sum((["--set", s] for s in FAST), [])]
     cmd += ["--set", "sft.max_steps=2000", "--set", f"distributed.master_port={_free_port()}"]
     env = {**os.environ, "ALIGNPIPE_HOME": str(ranks_state)}
@@ -544,7 +600,8 @@ def test_no_rank_outlives_the_stage(ranks_state, sig):
         while len(_launched_by(proc.pid)) < 3:  # the launcher and two ranks
             assert proc.poll() is None and time.monotonic() < deadline, "the job never started its ranks"
             time.sleep(0.5)
-        time.sleep(5)  # the ranks are past their start-up
+        if when == "training":
+            time.sleep(5)  # the ranks are past their start-up
         os.kill(proc.pid, sig)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 30

@@ -41,8 +41,9 @@ def children(pid: int, marker: bytes) -> list[int]:
 
 def reap_with(owner: int, pids: list[int]) -> None:
     """Start a small detached watchdog that stops `pids` (SIGTERM, then SIGKILL) once `owner` is
-    gone: for helpers a library started (Prefect's temporary server), which would otherwise
-    outlive a SIGKILLed owner. It exits by itself once the helpers are gone."""
+    gone: for helpers a library started (Prefect's temporary server) and launched jobs, which
+    would otherwise outlive a SIGKILLed owner. A negative pid names a process group, as for
+    `os.kill`. The watchdog exits by itself once the helpers are gone."""
     if not pids:
         return
     subprocess.Popen(
@@ -71,17 +72,61 @@ def stop_on_sigterm(exc: type[BaseException] = KeyboardInterrupt, grace: float =
     signal.signal(signal.SIGTERM, stop)
 
 
+WATCH_ENV = "ALIGNPIPE_LAUNCHED_BY"  # set in a launched job's environment: the pid that launched it
+
+
+def die_with_launcher(interval: float = 1.0) -> None:
+    """In a rank: if the process that launched the job dies, even by SIGKILL (which gives it no
+    chance to stop its ranks), SIGKILL this rank's process group: under the deepspeed launcher the
+    launcher and every rank; under accelerate/torchrun each rank has its own group, and the
+    launcher ends when its ranks do. Call it first: a rank's heavy imports take seconds, and a job
+    may be killed during them. (The launching process also starts a `reap_with` watchdog on the
+    launcher's group; this is the second line.)"""
+    pid = int(os.environ.get(WATCH_ENV, "0") or 0)
+    if pid <= 0:
+        return
+
+    def watch() -> None:
+        while True:
+            if not alive(pid):
+                try:  # our output went to the dead process: printing may raise BrokenPipeError
+                    print(f"the process that launched this job ({pid}) is gone: stopping this rank", flush=True)
+                except OSError:
+                    pass
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, daemon=True, name="alignpipe-launcher-watch").start()
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _watchdog(owner: int, pids: list[int]) -> None:
     """`reap_with`'s process: wait for the owner (or the helpers) to go, then stop the helpers."""
-    while alive(owner) and any(alive(p) for p in pids):
+
+    def running() -> list[int]:
+        return [p for p in pids if (alive(p) if p > 0 else _group_alive(p))]
+
+    while alive(owner) and running():
         time.sleep(1)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
+        for p in running():
             try:
                 os.kill(p, sig)
             except OSError:
                 pass
-        time.sleep(3)
+        for _ in range(30):  # up to 3 s to stop
+            if not running():
+                return
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -144,28 +144,8 @@ def environment(cfg: PipelineConfig) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     cwd = str(Path.cwd())  # ranks must import this checkout's code, as we do
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
-    env[WATCH_ENV] = str(os.getpid())  # the ranks die with this process (`watch_launcher`)
+    env[processes.WATCH_ENV] = str(os.getpid())  # the ranks die with this process (`processes.die_with_launcher`)
     return env
-
-
-WATCH_ENV = "ALIGNPIPE_LAUNCHED_BY"
-
-
-def watch_launcher(interval: float = 2.0) -> None:
-    """In a rank: if the process that launched the job dies, even by SIGKILL (which gives it no
-    chance to stop its ranks), kill this job's whole process group (the launcher and every rank)."""
-    pid = int(os.environ.get(WATCH_ENV, "0") or 0)
-    if pid <= 0:
-        return
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval)
-            if not processes.alive(pid):
-                print(f"the process that launched this job ({pid}) is gone: stopping every rank", flush=True)
-                os.killpg(os.getpgid(0), signal.SIGKILL)
-
-    threading.Thread(target=watch, daemon=True, name="alignpipe-launcher-watch").start()
 
 
 def check_ranks(cfg: PipelineConfig) -> None:
@@ -234,6 +214,7 @@ def stream(cmd: list[str], env: dict[str, str] | None, timeout: float | None, ec
         start_new_session=True,
         errors="replace",
     )
+    processes.reap_with(os.getpid(), [-proc.pid])  # a SIGKILLed caller takes the job with it
     deadline = None if timeout is None else time.monotonic() + timeout
     timer = None
     if deadline is not None:  # a reader blocked on a silent child still gets killed on time
