@@ -10,17 +10,19 @@ parameter (1024 x 16 layers: ~220M parameters, ~3.3 GiB of state). Each variant 
 `alignpipe stage sft configs/tiny.yaml --input base=MODEL` run (DeepSpeed launched for the 2-rank
 ones, the repo's deepspeed_configs/), in its own state dir, for the same optimizer steps and
 per-rank batch. While it runs, the resident memory (RSS) of every process of the job is sampled
-from /proc every 0.2 s. A rank's peak is the largest it reached: in training (up to the log of
-the next-to-last optimizer step: model load, DeepSpeed setup and a whole step with Adam's state)
-and over the whole stage (with the Trainer's final checkpoint, for which ZeRO-3's rank 0 gathers
-the whole model, the save and the integrity check). The 2-rank jobs get the launcher's environment
+from /proc every 0.2 s. A rank's peak is the largest it reached: in training (up to the log of the
+next-to-last optimizer step: model load, DeepSpeed setup and a whole step with Adam's state) and
+over the whole stage (with the Trainer's final checkpoint, for which ZeRO-3's rank 0 gathers the
+whole model, the save and the integrity check). The 2-rank jobs get the launcher's environment
 (alignpipe.training.launch), which sets MALLOC_MMAP_THRESHOLD_: glibc otherwise kept the buffers
-ZeRO-3 frees at every step in each rank's heap. RSS includes each process's Python, torch and
-DeepSpeed runtime (about 0.5-0.7 GB), which ZeRO cannot split; the column `state/rank` gives what
-the parameters' training state alone would take. Each variant's largest rank is also broken down
-(anon: private heap; file: mapped files; pss: shared pages split between the sharers). tokens/s:
-TRL's num_tokens over train_runtime, from the stage's printed metrics. On a CPU box the ranks share
-the cores, so throughput here says little about GPUs; the memory split is the point.
+ZeRO-3 frees at every step in each rank's heap; and their ZeRO-3 optimizer keeps no second fp32
+copy of fp32 weights (alignpipe.core.deepspeed_api.alias_fp32_master_weights). RSS includes each
+process's Python, torch and DeepSpeed runtime (about 0.5 GiB), which ZeRO cannot split; the column
+`state/rank` gives what the parameters' training state alone would take. Each variant's largest
+rank is also broken down (anon: private heap; file: mapped files; pss: shared pages split between
+the sharers). tokens/s: TRL's num_tokens over train_runtime, from the stage's printed metrics. On a
+CPU box the ranks share the cores, so throughput here says little about GPUs; the memory split is
+the point.
 """
 
 from __future__ import annotations

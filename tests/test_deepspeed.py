@@ -415,6 +415,9 @@ def test_two_rank_zero3_sft_then_zero2_dpo(ranks_state):
     held = re.findall(r"sft: ZeRO-3 rank (\d): holds ([\d,]+) of ([\d,]+) parameters", out)
     assert sorted(r for r, _, _ in held) == ["0", "1"], out[-3000:]
     assert all(abs(int(h.replace(",", "")) / int(n.replace(",", "")) - 0.5) < 0.01 for _, h, n in held), held
+    # ... and the optimizer keeps no second fp32 copy of a rank's (fp32) weights
+    master = re.findall(r"sft: ZeRO-3 rank (\d): fp32 master weights apart from the model's: (\d+) MiB", out)
+    assert sorted(master) == [("0", "0"), ("1", "0")], master
     runs = _stage_runs(ranks_state, "sft")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == sft.run_id
     before, after = _weights(select.model_path), _weights(sft.model_path)

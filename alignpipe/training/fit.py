@@ -12,6 +12,7 @@ from datasets import Dataset
 from alignpipe import tracking
 from alignpipe.core import trl_api
 from alignpipe.core.config import LoraSection, PipelineConfig
+from alignpipe.core.deepspeed_api import separate_master_bytes
 from alignpipe.core.files import atomic_dir
 from alignpipe.data import templates
 from alignpipe.training.integrity import check_integrity
@@ -115,6 +116,11 @@ def fit(trainer, tokenizer, out: Path, stage: str) -> tuple[dict[str, float], Pa
         print(f"{stage}: resuming from {resume}")
         tracking.set_tag("alignpipe.resumed_from", resume)
     output = trainer.train(resume_from_checkpoint=resume)
+    if held:
+        master = separate_master_bytes(trainer.optimizer)
+        if master is not None:
+            mib = master / 2**20
+            print(f"{stage}: ZeRO-3 rank {rank()}: fp32 master weights apart from the model's: {mib:.0f} MiB")
     metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
     metrics["global_step"] = float(trainer.state.global_step)
     if trainer.eval_dataset is not None:

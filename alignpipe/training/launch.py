@@ -49,6 +49,9 @@ def deepspeed_args(cfg: PipelineConfig) -> dict:
     Call it before loading models, so ZeRO-3 partitions them as they load."""
     import torch
 
+    from alignpipe.core.deepspeed_api import alias_fp32_master_weights
+
+    alias_fp32_master_weights()
     args = {"deepspeed": cfg.distributed.deepspeed, "use_cpu": False}
     if not torch.cuda.is_available():
         import deepspeed
