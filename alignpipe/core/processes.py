@@ -13,12 +13,15 @@ from pathlib import Path
 
 
 def alive(pid: int) -> bool:
-    """Whether a process runs (someone else's counts; a zombie, exited but not reaped, does not)."""
+    """Whether a process runs (someone else's counts; a zombie, exited but not reaped, does not).
+    A negative pid names a process group, as for `os.kill`: alive while it has any member."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    if pid < 0:
         return True
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -99,21 +102,11 @@ def die_with_launcher(interval: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="alignpipe-launcher-watch").start()
 
 
-def _group_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _watchdog(owner: int, pids: list[int]) -> None:
     """`reap_with`'s process: wait for the owner (or the helpers) to go, then stop the helpers."""
 
     def running() -> list[int]:
-        return [p for p in pids if (alive(p) if p > 0 else _group_alive(p))]
+        return [p for p in pids if alive(p)]
 
     while alive(owner) and running():
         time.sleep(1)
