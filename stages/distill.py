@@ -29,7 +29,6 @@ from datasets import Dataset
 from alignpipe import data, tracking, training
 from alignpipe.core import trl_api
 from alignpipe.core.config import DataSource, PipelineConfig
-from alignpipe.core.files import content_digest
 from alignpipe.core.result import StageResult
 from alignpipe.data import templates
 from alignpipe.evaluation import scoring
@@ -54,19 +53,7 @@ def run_distill(
     extra = [DataSource(path=generated, format="alpaca", category="self_instruct")] if use_generated else []
     rows = data.training_rows(cfg, "sft", extra)
     section = {"distill": dataclasses.asdict(d), "teacher_model": teacher, "student_model": start}
-    inputs = {
-        **section,
-        "teacher_files": content_digest(teacher),
-        "sft": dataclasses.asdict(cfg.sft) if d.mode == "sequence" else None,
-        "data": rows.digest,
-        "validation_rows": cfg.data.validation_rows,
-        "template": template,
-        "seed": cfg.seed,
-        "format_variation": cfg.formats.variation,
-    }
-    with tracking.open_stage(cfg, "distill", section, inputs, data_report=(rows.report, "train")) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, "distill", section, data_report=(rows.report, "train")) as stage:
         tracking.log_model_input(teacher, "teacher")
         tracking.log_model_input(start, "student")
         tracking.log_params({"mode": d.mode, "trainer": trl_api.config_class_name(d.trl_kind), **sizes})

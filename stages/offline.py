@@ -33,20 +33,11 @@ def run_offline(cfg: PipelineConfig, sft: str, template: str | None = None) -> S
     template = template or cfg.sft.template
     rows = data.training_rows(cfg, "preference")
     section = {"preference": dataclasses.asdict(cfg.preference), "sft_model": sft, "template": template}
-    inputs = {
-        **section,
-        "data": rows.digest,
-        "validation_rows": cfg.data.validation_rows,
-        "seed": cfg.seed,
-        "format_variation": cfg.formats.variation,
-    }
     lineage = {"reference_model": sft} if method.has_reference else {}
-    with tracking.open_stage(cfg, method.name, section, inputs, data_report=(rows.report, "preference")) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, method.name, section, data_report=(rows.report, "preference")) as stage:
         tok = models.load_tokenizer(sft, cfg.model)
-        fixed = reference.precompute_default(method.fixed, cfg.preference.trl, method.name)
-        ours = {**training.common_args(cfg), **fixed}
+        defaults = reference.precompute_default(method.defaults, cfg.preference.trl, method.name)
+        ours = {**training.common_args(cfg), **defaults, **method.locked}
         # The trainer config first: under ZeRO-3 the model is partitioned as it loads.
         args = trl_api.make_config(method.trl_kind, str(stage.out / "checkpoints"), cfg.preference.trl, ours=ours)
         ref_cache = (

@@ -36,17 +36,14 @@ def run_online_rl(cfg: PipelineConfig, sft: str, reward: str, template: str | No
         "reward_model": reward,
         "template": template,
     }
-    inputs = {**section, "data": rows.digest, "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
-    with tracking.open_stage(cfg, method.name, section, inputs, data_report=(rows.report, "preference")) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, method.name, section, data_report=(rows.report, "preference")) as stage:
         tok = models.load_tokenizer(sft, cfg.model)
         scorer = models.load_scorer(reward, cfg.model).eval()
         args = trl_api.make_config(
             method.trl_kind,
             str(stage.out / "checkpoints"),
             cfg.preference.trl,
-            ours={**training.common_args(cfg), **method.fixed},
+            ours={**training.common_args(cfg), **method.defaults, **method.locked},
         )
         distinct = {(r["instruction"], r["input"]): None for r in rows.train}
         prompts = [templates.training_prompt(template, instruction, inp) for instruction, inp in distinct]

@@ -39,10 +39,7 @@ def run_ppo(cfg: PipelineConfig, sft: str, reward: str, template: str | None = N
         "reward_model": reward,
         "template": template,
     }
-    inputs = {**section, "data": rows.digest, "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
-    with tracking.open_stage(cfg, "ppo", section, inputs, data_report=(rows.report, "preference")) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, "ppo", section, data_report=(rows.report, "preference")) as stage:
         tok = models.load_tokenizer(sft, cfg.model)
         tok.padding_side = "left"  # PPO batches prompts for generation: pad them on the left
         args = trl_api.make_config(

@@ -23,10 +23,7 @@ def run_reward(cfg: PipelineConfig, sft: str, template: str | None = None) -> St
     start = cfg.reward.model_path or sft
     rows = data.training_rows(cfg, "preference")
     section = {"reward": dataclasses.asdict(cfg.reward), "start_model": start, "template": template}
-    inputs = {**section, "data": rows.digest, "validation_rows": cfg.data.validation_rows, "seed": cfg.seed}
-    with tracking.open_stage(cfg, "reward", section, inputs, data_report=(rows.report, "preference")) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, "reward", section, data_report=(rows.report, "preference")) as stage:
         tok = models.load_tokenizer(start, cfg.model)
         args = trl_api.make_config(
             "reward", str(stage.out / "checkpoints"), cfg.reward.trl, ours=training.common_args(cfg)

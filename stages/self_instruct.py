@@ -162,7 +162,6 @@ def run_self_instruct(cfg: PipelineConfig, generator: str) -> StageResult:
     seeds = load_seeds(si.seed_tasks)
     generator = si.generator or generator
     section = {"self_instruct": dataclasses.asdict(si), "generator": generator}
-    inputs = {**section, "seeds": file_digest(si.seed_tasks), "seed": cfg.seed}
     rng = random.Random(cfg.seed)
     counts = {
         "proposed": 0,
@@ -172,9 +171,7 @@ def run_self_instruct(cfg: PipelineConfig, generator: str) -> StageResult:
         "filtered_instance": 0,
         "kept": 0,
     }
-    with tracking.open_stage(cfg, "self_instruct", section, inputs) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, "self_instruct", section) as stage:
         tracking.log_dataset(si.seed_tasks, "seed", rows=len(seeds))
         tracking.log_model_input(generator, "generator")
         tok = models.load_tokenizer(generator, cfg.model)

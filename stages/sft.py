@@ -34,16 +34,7 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
     section = {"sft": dataclasses.asdict(cfg.sft), "base_model": base}
     if generated:
         section["generated_data"] = generated
-    inputs = {
-        **section,
-        "data": rows.digest,
-        "validation_rows": cfg.data.validation_rows,
-        "seed": cfg.seed,
-        "format_variation": cfg.formats.variation,
-    }
-    with tracking.open_stage(cfg, name, section, inputs, data_report=(rows.report, "train")) as stage:
-        if stage.reused:  # finished earlier with these inputs
-            return stage.result
+    with tracking.open_stage(cfg, name, section, data_report=(rows.report, "train")) as stage:
         tracking.log_params(
             {"train_rows": len(rows.train), "validation_rows": len(rows.validation), "data_digest": rows.digest}
         )

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from alignpipe.core.config import DISTILL_LABELS
 from alignpipe.core.recipe import load_config
-from alignpipe.stages.distill import check_pair, run_distill
-from alignpipe.stages.sft import run_sft
+from alignpipe.flows.runner import run_stage
+from alignpipe.stages.distill import check_pair
 from alignpipe.training import models
 from alignpipe.training.models import ModelSourceError
 
@@ -59,7 +59,7 @@ def _cfg(*extra):
 @pytest.fixture(scope="module")
 def teacher(state):
     cfg = _cfg()
-    return run_sft(cfg, models.named_source(cfg, "tiny-llama")).model_path
+    return run_stage(cfg, "sft", {"base": models.named_source(cfg, "tiny-llama")}).model_path
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def _moved(before, after_path):
 
 def test_sequence_mode_trains_the_student_on_the_teachers_answers(state, teacher, student):
     cfg = _cfg("distill.mode=sequence", "distill.sequence={max_steps: 6, save_steps: 3}")
-    result = run_distill(cfg, teacher, student, template="alpaca")
+    result = run_stage(cfg, "distill", {"teacher": teacher, "student": student, "template": "alpaca"})
     moved, total = _moved(_weights(student), result.model_path)
     assert moved == total, f"only {moved}/{total} student tensors changed"
     assert result.details["parameter_ratio"] < 1 and result.details["mode"] == "sequence"
@@ -103,7 +103,7 @@ def test_sequence_mode_trains_the_student_on_the_teachers_answers(state, teacher
 @pytest.mark.parametrize("lmbda,trainer", [("1.0", "DistillationConfig"), ("0.5", "GKDConfig")])
 def test_logits_mode_trains_the_student_on_the_teachers_distributions(state, teacher, student, lmbda, trainer):
     cfg = _cfg("distill.mode=logits", "distill.start=base", f"distill.lmbda={lmbda}")
-    result = run_distill(cfg, teacher, student, template="alpaca")
+    result = run_stage(cfg, "distill", {"teacher": teacher, "student": student, "template": "alpaca"})
     moved, total = _moved(_weights(student), result.model_path)
     assert moved == total, f"only {moved}/{total} student tensors changed"
     mlflow.set_tracking_uri(cfg.tracking_uri)

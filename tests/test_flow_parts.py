@@ -1,4 +1,4 @@
-"""The flow's pieces that need no server: cache keys, the deployments and their schedule, the gate."""
+"""The flow's pieces that need no server: stage identities, the deployments and their schedule, the gate."""
 
 import pytest
 
@@ -6,14 +6,14 @@ from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
 from alignpipe.core.result import StageResult
 from alignpipe.evaluation.promote import verdict
-from alignpipe.flows.pipeline import stage_key
+from alignpipe.flows.runner import identity
 
 
 def _key(cfg, stage, inputs=None):
-    return stage_key(None, {"cfg": cfg, "stage": stage, "inputs": inputs or {}})
+    return identity(cfg, stage, inputs or {})
 
 
-def test_cache_keys_follow_only_what_each_stage_depends_on(tmp_path):
+def test_identities_follow_only_what_each_stage_depends_on(tmp_path):
     cfg = load_config("configs/tiny.yaml")
     keys = {s: _key(cfg, s) for s in ("select", "sft", "preference", "evaluate")}
     assert keys == {s: _key(load_config("configs/tiny.yaml"), s) for s in keys}  # deterministic
@@ -26,7 +26,7 @@ def test_cache_keys_follow_only_what_each_stage_depends_on(tmp_path):
     assert _key(varied, "sft") != keys["sft"] and _key(varied, "select") == keys["select"]
 
 
-def test_cache_key_follows_data_content_and_upstream_model_files(tmp_path):
+def test_identity_follows_data_content_and_upstream_model_files(tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text(open("data/sft.jsonl").read())
     cfg = load_config("configs/tiny.yaml", [f"data.sft.path={data}"])

@@ -9,8 +9,7 @@ The tolerance holds across CPU kernels: the values were measured natively (AVX-5
 import pytest
 
 from alignpipe.core.recipe import load_config
-from alignpipe.stages.offline import run_offline
-from alignpipe.stages.sft import run_sft
+from alignpipe.flows.runner import run_stage
 from alignpipe.training import models
 
 from conftest import ROOT
@@ -47,9 +46,9 @@ def _check(stage: str, metrics: dict[str, float]) -> None:
 def test_sft_and_dpo_losses_match_the_recorded_values(state_dir):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", OVERRIDES)
     base = models.resolve(cfg.model.candidates[0], cfg)
-    sft = run_sft(cfg, base)
+    sft = run_stage(cfg, "sft", {"base": base})
     print("sft", {k: sft.metrics[k] for k in RECORDED["sft"]})
-    dpo = run_offline(cfg, sft.model_path, sft.template)
+    dpo = run_stage(cfg, "preference", {"sft": sft.model_path, "template": sft.template})
     print("dpo", {k: dpo.metrics[k] for k in RECORDED["dpo"]})
     _check("sft", sft.metrics)
     _check("dpo", dpo.metrics)

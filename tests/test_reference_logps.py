@@ -16,9 +16,7 @@ from alignpipe import data, training
 from alignpipe.core import trl_api
 from alignpipe.core.recipe import load_config
 from alignpipe.core.registry import METHODS
-from alignpipe.stages.offline import run_offline
-from alignpipe.stages.select import run_select
-from alignpipe.stages.sft import run_sft
+from alignpipe.flows.runner import run_stage
 from alignpipe.training import models, reference
 
 from conftest import ROOT, SMALL_CANDIDATE
@@ -52,7 +50,7 @@ def sft(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNPIPE_HOME", str(tmp_path_factory.mktemp("state")))
         cfg = config()
-        yield run_sft(cfg, run_select(cfg).model_path)
+        yield run_stage(cfg, "sft", {"base": run_stage(cfg, "select", {}).model_path})
 
 
 def build(sft, cache: Path, *extra, template=None, rows=None, lora=False, out=None):
@@ -65,7 +63,7 @@ def build(sft, cache: Path, *extra, template=None, rows=None, lora=False, out=No
         method.trl_kind,
         str(out or cache / "out"),
         cfg.preference.trl,
-        ours={**training.common_args(cfg), **method.fixed},
+        ours={**training.common_args(cfg), **method.defaults, **method.locked},
     )
     store = reference.cache_for(cache, method.trl_kind, sft.model_path, args, cfg.model.dtype)
     model = models.load_model(sft.model_path, cfg.model)
@@ -180,7 +178,7 @@ def test_kto_and_lora_reuse_the_artifact(sft, tmp_path):
 def test_stage_rerun_and_variant_reuse_the_artifact_with_the_same_loss(sft, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNPIPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path / "first"))
-    first = run_offline(config(), sft.model_path, sft.template)
+    first = run_stage(config(), "preference", {"sft": sft.model_path, "template": sft.template})
     used = first.details["ref_logps"]
     assert set(used) == {"train", "eval"} and not used["train"]["reused"]
     path = Path(used["train"]["path"])
@@ -188,11 +186,15 @@ def test_stage_rerun_and_variant_reuse_the_artifact_with_the_same_loss(sft, tmp_
     stamp = path.stat().st_mtime_ns
 
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path / "second"))  # the same recipe, trained again
-    again = run_offline(config(), sft.model_path, sft.template)
+    again = run_stage(config(), "preference", {"sft": sft.model_path, "template": sft.template})
     assert again.details["ref_logps"]["train"] == {**used["train"], "reused": True}
     for key in ("train_loss", "eval_loss"):
         assert again.metrics[key] == pytest.approx(first.metrics[key], abs=1e-5), key
-    variant = run_offline(config("preference.beta=0.3", "preference.loss_type=[ipo]"), sft.model_path, sft.template)
+    variant = run_stage(
+        config("preference.beta=0.3", "preference.loss_type=[ipo]"),
+        "preference",
+        {"sft": sft.model_path, "template": sft.template},
+    )
     assert variant.details["ref_logps"]["train"]["reused"] and path.stat().st_mtime_ns == stamp
 
     cfg = config()
@@ -205,8 +207,8 @@ def test_stage_rerun_and_variant_reuse_the_artifact_with_the_same_loss(sft, tmp_
 
 
 def test_precompute_default_gives_way_to_liger_and_sync_ref_model(capsys):
-    fixed = METHODS["dpo"].fixed
-    assert fixed["precompute_ref_log_probs"] and METHODS["kto"].fixed == fixed
+    fixed = METHODS["dpo"].defaults
+    assert fixed["precompute_ref_log_probs"] and METHODS["kto"].defaults == fixed
     assert reference.precompute_default(fixed, {"beta": 0.2}, "dpo") == fixed
     off = reference.precompute_default(fixed, {"sync_ref_model": True}, "dpo")
     assert off["precompute_ref_log_probs"] is False

@@ -8,8 +8,8 @@ import mlflow
 import pytest
 
 from alignpipe.core.recipe import load_config
+from alignpipe.flows.runner import run_stage
 from alignpipe.stages import self_instruct as si
-from alignpipe.stages.sft import run_sft
 from alignpipe.training import models
 
 from conftest import ROOT, SMALL_CANDIDATE
@@ -85,7 +85,7 @@ def cfg(tmp_path_factory):
 @pytest.mark.slow
 def test_self_instruct_run_writes_rows_with_provenance_and_sft_mixes_them_in(cfg):
     base = models.resolve(cfg.model.candidates[0], cfg)
-    result = si.run_self_instruct(cfg, base)
+    result = run_stage(cfg, "self_instruct", {"generator": base})
     m = result.metrics
     assert (
         m["proposed"]
@@ -118,7 +118,7 @@ def test_self_instruct_run_writes_rows_with_provenance_and_sft_mixes_them_in(cfg
             )
             + "\n"
         )
-    sft = run_sft(cfg, base, generated=generated)
+    sft = run_stage(cfg, "sft", {"base": base, "generated": generated})
     report = json.loads(
         Path(mlflow.artifacts.download_artifacts(run_id=sft.run_id, artifact_path="data_report.json")).read_text()
     )

@@ -13,10 +13,6 @@ from transformers import AutoModelForCausalLM
 from alignpipe.core.recipe import load_config
 from alignpipe.evaluation.stats import HEADLINE
 from alignpipe.flows.runner import resolve_inputs, run_stage
-from alignpipe.stages.evaluate import run_evaluate
-from alignpipe.stages.offline import run_offline
-from alignpipe.stages.select import run_select
-from alignpipe.stages.sft import run_sft
 
 from conftest import ROOT, SMALL
 
@@ -48,17 +44,17 @@ def cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def selected(cfg):
-    return run_select(cfg)
+    return run_stage(cfg, "select", {})
 
 
 @pytest.fixture(scope="module")
 def sft(cfg, selected):
-    return run_sft(cfg, selected.model_path)
+    return run_stage(cfg, "sft", {"base": selected.model_path})
 
 
 @pytest.fixture(scope="module")
 def dpo(cfg, sft):
-    return run_offline(cfg, sft.model_path, sft.template)
+    return run_stage(cfg, "preference", {"sft": sft.model_path, "template": sft.template})
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -96,7 +92,7 @@ def test_select_ranks_candidates_and_says_why(cfg, selected):
 def test_select_respects_the_budget(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
     small_only = load_config(ROOT / "configs" / "tiny.yaml", FAST + ["model.max_params=150000"])
-    result = run_select(small_only)
+    result = run_stage(small_only, "select", {})
     over = [r for r in result.details["ranking"] if not r["within_budget"]]
     assert [r["name"] for r in over] == ["small"] and result.details["candidate"] == "smaller"
 
@@ -126,7 +122,7 @@ def test_dpo_trains_from_sft_and_logs_rewards(cfg, sft, dpo):
 
 def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):
     paths = {"base": selected.model_path, "sft": sft.model_path, "dpo": dpo.model_path}
-    result = run_evaluate(cfg, paths, sft.template)
+    result = run_stage(cfg, "evaluate", {"models": paths, "template": sft.template})
     assert set(result.metrics) == {"base", "sft", "dpo"}
     for name, m in result.metrics.items():
         assert set(HEADLINE) <= set(m), (name, m)
@@ -162,10 +158,14 @@ def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):
     assert env["cpu_capability"] and env["torch_threads"] >= 1 and "deterministic_algorithms" in env
 
 
-def test_evaluate_is_deterministic_on_one_machine(cfg, sft):
-    """The same models scored twice on the same machine: identical metrics, intervals and differences."""
-    first = run_evaluate(cfg, {"sft": sft.model_path}, sft.template)
-    second = run_evaluate(cfg, {"sft": sft.model_path}, sft.template)
+def test_evaluate_is_deterministic_on_one_machine(cfg, sft, tmp_path, monkeypatch):
+    """The same models scored twice on the same machine (the second time in a fresh state dir, so that
+    it is not reused): identical metrics, intervals and differences."""
+    inputs = {"models": {"sft": sft.model_path}, "template": sft.template}
+    first = run_stage(cfg, "evaluate", inputs)
+    monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
+    second = run_stage(load_config(ROOT / "configs" / "tiny.yaml", FAST), "evaluate", inputs)
+    assert not second.reused
     assert first.metrics == second.metrics
     for part in ("intervals", "comparisons"):
         assert first.details[part] == second.details[part], part
@@ -174,7 +174,7 @@ def test_evaluate_is_deterministic_on_one_machine(cfg, sft):
 def test_training_is_deterministic_on_one_machine(selected, sft, tmp_path, monkeypatch):
     """The same SFT job again, in a fresh state dir: bit-identical weights and the same losses."""
     monkeypatch.setenv("ALIGNPIPE_HOME", str(tmp_path))
-    again = run_sft(load_config(ROOT / "configs" / "tiny.yaml", FAST), selected.model_path)
+    again = run_stage(load_config(ROOT / "configs" / "tiny.yaml", FAST), "sft", {"base": selected.model_path})
     assert not moved(weights(sft.model_path), weights(again.model_path))
     assert again.metrics["train_loss"] == sft.metrics["train_loss"]
     assert again.metrics["eval_loss"] == sft.metrics["eval_loss"]
@@ -193,7 +193,7 @@ def test_sft_with_lora_chat_template_and_packing(cfg, selected, tmp_path, monkey
             "sft.max_steps=4",
         ],
     )
-    result = run_sft(variant, selected.model_path)
+    result = run_stage(variant, "sft", {"base": selected.model_path})
     assert moved(weights(selected.model_path), weights(result.model_path)), "LoRA weights were not merged in"
     saved = Path(result.model_path)
     assert (saved / "model.safetensors").is_file() and not (saved / "adapter_config.json").exists()
@@ -209,7 +209,7 @@ def test_failed_stage_is_marked_failed_and_keeps_earlier_results(cfg, sft, tmp_p
     )
     broken.state_dir = str(cfg.state_path)
     with pytest.raises(Exception):
-        run_offline(broken, "/no/such/model")
+        run_stage(broken, "preference", {"sft": "/no/such/model"})
     assert (cfg.run_dir / "sft.json").read_text() == before
     assert Path(sft.model_path, "model.safetensors").is_file()
     mlflow.set_tracking_uri(cfg.tracking_uri)

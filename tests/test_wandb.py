@@ -9,7 +9,7 @@ import pytest
 
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
-from alignpipe.stages.select import run_select
+from alignpipe.flows.runner import run_stage
 
 from conftest import ROOT, run_cli
 
@@ -25,7 +25,7 @@ def base_model(tmp_path_factory):
     state = tmp_path_factory.mktemp("select-state")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNPIPE_HOME", str(state))
-        return run_select(load_config(ROOT / "configs" / "tiny.yaml", QUICK)).model_path
+        return run_stage(load_config(ROOT / "configs" / "tiny.yaml", QUICK), "select", {}).model_path
 
 
 @pytest.fixture

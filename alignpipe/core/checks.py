@@ -108,11 +108,7 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         cfg.preference.method is not None and cfg.preference.method not in PREFERENCE_METHODS
     ):  # None: mistyped, reported
         bad("preference.method", f"must be one of {', '.join(PREFERENCE_METHODS)}, got {cfg.preference.method!r}")
-    if cfg.preference.method == "simpo" and cfg.preference.trl.get("loss_type", "simpo") != "simpo":
-        bad(
-            "preference.loss_type",
-            f"must be simpo for preference.method=simpo (TRL's CPOTrainer), got {cfg.preference.trl['loss_type']!r}",
-        )
+    _check_locked(cfg, bad)
     for m in cfg.evaluate.models:
         if m not in EVAL_MODELS:
             bad(
@@ -253,6 +249,21 @@ def _check_distributed(cfg: PipelineConfig, bad) -> None:
                     f"{name} sets '{key}' = {value!r} and '{section}.{both[0]}' sets it too: "
                     f'set in both places; make the DeepSpeed value "auto" (TrainingArguments owns it)',
                 )
+
+
+def _check_locked(cfg: PipelineConfig, bad) -> None:
+    """A method's locked TRL values define it (IPO is DPO with loss_type ipo): a recipe may not change them."""
+    method = METHODS.get(cfg.preference.method)
+    for key, locked in (method.locked if method else {}).items():
+        given = cfg.preference.trl.get(key, locked)
+        if given not in (locked, [locked]):
+            same = [m.name for m in METHODS.values() if m.trl_kind == method.trl_kind and m.locked.get(key) is None]
+            fix = f"use preference.method={same[0]} for {key} {given!r}, or remove" if same else "remove"
+            bad(
+                f"preference.{key}",
+                f"is {given!r}, but preference.method={method.name} locks it to {locked!r} (it defines the method); "
+                f"{fix} preference.{key}",
+            )
 
 
 def _check_orchestration(cfg: PipelineConfig, bad) -> None:

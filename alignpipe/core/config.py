@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignpipe.core.files import state_home
-from alignpipe.core.registry import PREFERENCE_METHODS
+from alignpipe.core.registry import PREFERENCE_METHODS, STAGES, StagePolicy
 
 # Allowed values of the fields that take a choice.
 TEMPLATES = ("alpaca", "chat")
@@ -32,7 +32,7 @@ SFT_FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "self_inst
 PREFERENCE_FORMATS = ("explicit", "implicit", "hh", "sharegpt")
 DATA_FORMATS = {"sft": SFT_FORMATS, "eval": SFT_FORMATS, "preference": PREFERENCE_FORMATS}
 
-__all__ = ["PREFERENCE_METHODS"]  # re-exported: the recipe's choices for preference.method
+__all__ = ["PREFERENCE_METHODS", "StagePolicy"]  # re-exported: the choices for preference.method, a policy
 
 
 @dataclass
@@ -172,7 +172,7 @@ class PreferenceSection:
     for this recipe; it is used only when that method runs, and keys set directly under
     `preference` win over it. `trl` is the result for the chosen method."""
 
-    method: str = "dpo"  # dpo | ppo | kto | orpo | simpo | rloo | grpo
+    method: str = "dpo"  # a Method of alignpipe.core.registry: dpo | ipo | kto | orpo | simpo | ppo | rloo | grpo
     model_path: str | None = None  # default: the SFT stage's output
     lora: LoraSection | None = None
     trl: dict[str, Any] = field(default_factory=dict)
@@ -263,26 +263,11 @@ class TrackingSection:
     log_model_weights: bool = True  # copy each produced model's files into the MLflow artifact store
 
 
-@dataclass
-class StagePolicy:
-    """How the Prefect flow runs one stage. A retry of a training stage resumes from its last
-    checkpoint; a timeout stops the stage (a launched job's whole process group is killed)."""
-
-    retries: int = 0
-    retry_delay_seconds: int = 30
-    timeout_seconds: int | None = None
-
-
-@dataclass
-class OrchestrationSection:
-    select: StagePolicy = field(default_factory=StagePolicy)
-    self_instruct: StagePolicy = field(default_factory=StagePolicy)
-    sft: StagePolicy = field(default_factory=StagePolicy)
-    reward: StagePolicy = field(default_factory=StagePolicy)
-    preference: StagePolicy = field(default_factory=StagePolicy)
-    evaluate: StagePolicy = field(default_factory=StagePolicy)
-    student_sft: StagePolicy = field(default_factory=StagePolicy)
-    distill: StagePolicy = field(default_factory=StagePolicy)
+# `orchestration.<stage>`: one StagePolicy per stage of the registry, its default the registry's.
+OrchestrationSection = dataclasses.make_dataclass(
+    "OrchestrationSection",
+    [(s.name, StagePolicy, field(default_factory=lambda s=s: dataclasses.replace(s.policy))) for s in STAGES.values()],
+)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_NOT_FLAT = {"lineage", "details", "reused"}
+
 
 @dataclass
 class StageResult:
@@ -20,15 +22,16 @@ class StageResult:
     template: str | None = None  # the prompt template its model was trained with
     lineage: dict[str, Any] = field(default_factory=dict)  # what it read: base_model, reference_model, ...
     details: dict[str, Any] = field(default_factory=dict)  # stage-specific: select's ranking, evaluate's intervals
+    reused: bool = False  # finished earlier with the same identity (not written to its result files)
 
     def to_dict(self) -> dict[str, Any]:
         """One flat JSON object, as written to `<run_dir>/<stage>.json` and the run's result.json."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("lineage", "details")}
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_FLAT}
         return {**own, **self.lineage, **self.details}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageResult:
-        own = {f.name for f in dataclasses.fields(cls)} - {"lineage", "details"}
+        own = {f.name for f in dataclasses.fields(cls)} - _NOT_FLAT
         rest = {k: v for k, v in d.items() if k not in own}
         lineage = {k: v for k, v in rest.items() if k.endswith(("_model", "_data"))}
         details = {k: v for k, v in rest.items() if k not in lineage}

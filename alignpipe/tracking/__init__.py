@@ -24,9 +24,17 @@ from alignpipe.tracking.runs import (
     tag_upstream,
     use_uri,
 )
-from alignpipe.tracking.stage import OpenStage, open_stage, output_dir
+from alignpipe.tracking.stage import (
+    FOLDER_ENV,
+    OpenStage,
+    launched_folder,
+    open_stage,
+    record_result,
+    stage_folder,
+)
 
 __all__ = [
+    "FOLDER_ENV",
     "PARENT_ENV",
     "MetricsCallback",
     "OpenStage",
@@ -42,12 +50,14 @@ __all__ = [
     "log_model",
     "log_model_input",
     "log_model_runs",
+    "launched_folder",
     "log_params",
     "open_stage",
-    "output_dir",
     "pipeline_run",
+    "record_result",
     "set_tag",
     "setup",
+    "stage_folder",
     "stage_run",
     "tag_upstream",
     "use_uri",

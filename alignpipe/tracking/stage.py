@@ -3,16 +3,16 @@ data report, and its result files. A stage module holds only its ML between the 
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignpipe.core.config import PipelineConfig
-from alignpipe.core.files import FileLock, write_json
+from alignpipe.core.files import write_json
 from alignpipe.core.result import StageResult
 from alignpipe.tracking.runs import is_main, log_data_report, log_json, stage_run
 
@@ -23,9 +23,8 @@ class OpenStage:
 
     name: str
     run_id: str | None
-    out: Path | None
+    out: Path
     result: StageResult | None = None
-    reused: bool = False  # finished earlier with the same inputs: `result` is that result, nothing runs
 
     def finish(self, metrics: dict[str, Any], **fields: Any) -> StageResult:
         """The stage's result, logged to its run as result.json (and written to the state dir on exit)."""
@@ -34,64 +33,54 @@ class OpenStage:
         return self.result
 
 
+FOLDER_ENV = "ALIGNPIPE_STAGE_DIR"  # a launched job's output folder, for its ranks
+_folder: ContextVar[Path | None] = ContextVar("alignpipe_stage_folder", default=None)
+
+
+@contextmanager
+def stage_folder(out: Path) -> Iterator[None]:
+    """The output folder of the stage run inside the block (alignpipe.flows.runner picks it by the
+    stage's identity)."""
+    token = _folder.set(out)
+    try:
+        yield
+    finally:
+        _folder.reset(token)
+
+
+def launched_folder() -> Path | None:
+    """In a launched rank: the output folder the launching process picked."""
+    return Path(os.environ[FOLDER_ENV]) if os.environ.get(FOLDER_ENV) else None
+
+
 @contextmanager
 def open_stage(
     cfg: PipelineConfig,
     name: str,
     section: dict[str, Any],
-    inputs: dict[str, Any] | None = None,
     data_report: tuple[dict, str] | None = None,
 ) -> Iterator[OpenStage]:
     """Run a stage inside its MLflow run (FAILED if it raises).
 
-    inputs: what the stage's outputs depend on; given, the stage gets its own output folder, keyed
-    by them, so a checkpoint is only ever resumed by the same job. data_report: (report, context)
-    of the rows it trains on, logged to the run. On success the result the stage `finish`ed with
-    is written to `<run_dir>/<name>.json`, where `alignpipe stage` finds upstream results, and
-    to its output folder: run again with the same inputs, the stage is a no-op that says so
-    (`reused`: the stage returns `result`), so a model a run references is never trained over."""
-    out = output_dir(cfg, name, inputs) if inputs is not None else None
-    # One process at a time trains into a folder: another run with the same inputs waits, then reuses.
-    held = out is not None and is_main()
-    lock = (
-        FileLock(out / ".lock").acquire(f"{name}: another run is on these same inputs ({out}); waiting")
-        if held
-        else None
-    )
-    try:
-        earlier = StageResult.read(out / "result.json") if out else None
-        if earlier and all(Path(p).exists() for p in (earlier.model_path, earlier.data_path) if p):
-            print(
-                f"{name}: already finished with these inputs (MLflow run {earlier.run_id}); reusing {out}. "
-                "Change an input to train a new one"
-            )
-            stage = OpenStage(name, earlier.run_id, out, earlier, reused=True)
-            yield stage
-        else:
-            with stage_run(cfg, name, section) as run:
-                stage = OpenStage(name, run.info.run_id, out)
-                if data_report:
-                    log_data_report(data_report[0], "data_report", data_report[1])
-                yield stage
-        if stage.result is not None and is_main():
-            write_json(cfg.run_dir / f"{name}.json", stage.result.to_dict())
-            if out and not stage.reused:
-                write_json(out / "result.json", stage.result.to_dict())
-    finally:
-        if lock:
-            lock.release()
+    section: the recipe values the run logs as params. data_report: (report, context) of the rows
+    it trains on, logged to the run. Its output folder (`out`) is the one the runner picked by the
+    stage's identity. On success the result the stage `finish`ed with is written to the folder (the
+    runner reuses it for the same identity) and to `<run_dir>/<name>.json`, where `alignpipe stage`
+    finds upstream results."""
+    out = _folder.get()
+    if out is None:
+        raise RuntimeError(f"{name}: run stages through alignpipe.flows.runner.run_stage (it picks the output folder)")
+    with stage_run(cfg, name, section) as run:
+        stage = OpenStage(name, run.info.run_id, out)
+        if data_report:
+            log_data_report(data_report[0], "data_report", data_report[1])
+        yield stage
+    if stage.result is not None and is_main():
+        record_result(cfg, stage.result)
+        write_json(out / "result.json", stage.result.to_dict())
 
 
-def output_dir(cfg: PipelineConfig, stage: str, inputs: dict[str, Any]) -> Path:
-    """One folder per distinct set of inputs (and, for a multi-rank job, of its parallel setup:
-    a DeepSpeed/N-rank checkpoint only resumes the same setup)."""
-    d = cfg.distributed
-    if d.num_processes > 1 or d.deepspeed:
-        ds = hashlib.sha256(Path(d.deepspeed).read_bytes()).hexdigest()[:12] if d.deepspeed else None
-        setup = {"num_processes": d.num_processes, "deepspeed": ds} | ({"nodes": d.nodes} if d.nodes > 1 else {})
-        inputs = {**inputs, "distributed": setup}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    out = cfg.run_dir / f"{stage}-{digest}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
-    return out
+def record_result(cfg: PipelineConfig, result: StageResult) -> None:
+    """The experiment's latest result of a stage, where `alignpipe stage` finds its upstream results."""
+    if is_main():
+        write_json(cfg.run_dir / f"{result.stage}.json", result.to_dict())

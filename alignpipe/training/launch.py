@@ -24,6 +24,7 @@ from alignpipe.core import processes
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.result import StageResult
+from alignpipe.tracking import FOLDER_ENV
 from alignpipe.training.models import cache_dir
 
 
@@ -176,9 +177,11 @@ def run(
     overrides: list[str] | None = None,
     timeout: float | None = None,
     echo=print,
+    folder: Path | None = None,
 ) -> StageResult | None:
     """Launch the stage on every rank (of this node, with `node_rank`), stream their output through
-    `echo`, return rank 0's result (None on a node other than node 0)."""
+    `echo`, return rank 0's result (None on a node other than node 0). `folder`: the stage's output
+    folder, which the ranks use (alignpipe.flows.runner picked it by the stage's identity)."""
     config_path = config_path or cfg.source
     overrides = cfg.overrides if overrides is None else overrides
     if not config_path:
@@ -193,7 +196,8 @@ def run(
     result_path.unlink(missing_ok=True)
     cmd = command(cfg, stage, config_path, overrides, result_path, inputs)
     echo(f"{stage}: launching {cfg.distributed.num_processes} process(es): {' '.join(cmd)}")
-    rc = stream(cmd, environment(cfg), timeout, echo)
+    env = environment(cfg) | ({FOLDER_ENV: str(folder)} if folder else {})
+    rc = stream(cmd, env, timeout, echo)
     if rc != 0:
         raise LaunchError(f"{stage}: the {cfg.distributed.launcher} job exited with code {rc} (rank output above)")
     if cfg.distributed.node_rank:
