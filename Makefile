@@ -1,5 +1,6 @@
 # The two commands: `make demo` (the whole pipeline on the tiny default) and `make test` (lint, then
-# every test). `make test-fast` is the minutes-long loop while working; `make lint` the style check alone.
+# every test). `make test-fast` is the minutes-long loop while working; `make lint` the style check and
+# the docs build (mkdocs --strict).
 # Both create or refresh .venv themselves; they are quick when it is up to date.
 PYTHON ?= python3
 VENV   := .venv
@@ -21,9 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/alignpipe run configs/tiny.yaml
 
+# The style check, then the docs site (mkdocs.yml) built with --strict into a throwaway folder: a broken
+# link or anchor, or a page missing from nav, fails. (No -q: it would silence the warnings --strict counts.)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	d=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$d"; rc=$$?; rm -rf "$$d"; exit $$rc
 
 # Config, data, registry, layering, statistics and bad input, all in process: under 2 minutes.
 test-fast: $(STAMP)

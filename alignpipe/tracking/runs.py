@@ -118,7 +118,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         # Which PyTorch CPU kernels run (AVX512, AVX2, ...): they round differently, so trained
-        # weights and single-seed metrics differ between machines; see README "Verdicts".
+        # weights and single-seed metrics differ between machines; see docs/verdicts.md.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
