@@ -21,6 +21,17 @@ SMALL = "{arch: llama, hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_head
 SMALL_CANDIDATE = f"model.candidates=[{{name: small, tiny: {SMALL}}}]"
 
 
+TIERS = ("fast", "slow", "deepspeed")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test carries exactly one tier marker (pyproject.toml: fast, slow, deepspeed): an unmarked
+    one fails collection, so `make test-fast` never silently trains and no test escapes its tier."""
+    wrong = [item.nodeid for item in items if len({m.name for m in item.iter_markers() if m.name in TIERS}) != 1]
+    if wrong:
+        raise pytest.UsageError(f"tests without exactly one tier marker ({', '.join(TIERS)}): " + ", ".join(wrong))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache():
     """ALIGNPIPE_CACHE -> <repo>/.alignpipe/cache (git-ignored), so tiny models survive test runs;

@@ -9,7 +9,10 @@ from conftest import ROOT, run_cli
 
 SHARED = ROOT.parent / "shared" / "data"
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent: real-data checks skipped")
+pytestmark = [
+    pytest.mark.fast,
+    pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent: real-data checks skipped"),
+]
 
 # file: (kind, format, rows read, rows kept under on_bad_rows=skip)
 EXPECTED = {

@@ -71,6 +71,7 @@ def built_from(service) -> tuple[Path, Path]:
     return context, context / build.get("dockerfile", "Dockerfile")
 
 
+@pytest.mark.fast
 def test_four_services_with_official_images(compose):
     services = compose["services"]
     assert set(services) == SERVICES
@@ -95,6 +96,7 @@ def test_four_services_with_official_images(compose):
     assert context == ROOT and pipeline_file == DOCKER / "Dockerfile"
 
 
+@pytest.mark.fast
 def test_ports_on_loopback_only(compose):
     services = compose["services"]
     assert services["prefect-server"]["ports"] == ["127.0.0.1:4200:4200"]
@@ -102,6 +104,7 @@ def test_ports_on_loopback_only(compose):
     assert "ports" not in services["postgres"] and "ports" not in services["pipeline"]
 
 
+@pytest.mark.fast
 def test_both_servers_use_the_postgres_service(compose):
     services = compose["services"]
     pg = env(services["postgres"])
@@ -121,6 +124,7 @@ def test_both_servers_use_the_postgres_service(compose):
     assert mounts and (DOCKER / mounts[0].split(":")[0]).resolve() == DOCKER / "postgres-init.sql"
 
 
+@pytest.mark.fast
 def test_pipeline_talks_to_both_servers(compose):
     services = compose["services"]
     e = env(services["pipeline"])
@@ -134,6 +138,7 @@ def test_pipeline_talks_to_both_servers(compose):
     assert e["ALIGNPIPE_HOME"] == "/state"
 
 
+@pytest.mark.fast
 def test_start_order_waits_on_health(compose):
     services = compose["services"]
     for name, svc in services.items():
@@ -147,6 +152,7 @@ def test_start_order_waits_on_health(compose):
         assert f"127.0.0.1:{port}/" in " ".join(argv(services[name]["healthcheck"]["test"]))
 
 
+@pytest.mark.fast
 def test_every_volume_is_declared(compose):
     declared = set(compose.get("volumes") or {})
     used = set()
@@ -160,6 +166,7 @@ def test_every_volume_is_declared(compose):
     assert used == declared, f"used {sorted(used)}, declared {sorted(declared)}"
 
 
+@pytest.mark.fast
 def test_pipeline_is_a_worker_of_the_pool_prefect_yaml_deploys_to(compose):
     """The container creates the pool, runs `prefect deploy --all` in the image's copy of the repo
     (so the recorded working dir is /app) and then becomes the pool's worker."""
@@ -180,6 +187,7 @@ def test_pipeline_is_a_worker_of_the_pool_prefect_yaml_deploys_to(compose):
         assert any(c.rstrip("/") == needed or c == "." for c in copied), f"the image does not contain {needed}"
 
 
+@pytest.mark.fast
 def test_mlflow_command_is_a_valid_mlflow_server_call(compose):
     from mlflow.cli import cli
 
@@ -191,6 +199,7 @@ def test_mlflow_command_is_a_valid_mlflow_server_call(compose):
     assert "/mlartifacts" in mounts, "artifacts must live in a volume"
 
 
+@pytest.mark.fast
 def test_prefect_command_is_a_valid_prefect_server_call(compose):
     cmd = argv(compose["services"]["prefect-server"]["command"])
     assert cmd[:3] == ["prefect", "server", "start"]
@@ -202,6 +211,7 @@ def test_prefect_command_is_a_valid_prefect_server_call(compose):
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
 
 
+@pytest.mark.fast
 def test_dockerfile_sources_and_entry_point():
     steps = dockerfile(DOCKER / "Dockerfile")
     for ins, args in steps:
@@ -239,6 +249,7 @@ def databases(postgres):  # noqa: F811
     return admin
 
 
+@pytest.mark.slow
 def test_init_script_creates_both_databases(databases):
     import psycopg2
 
@@ -367,6 +378,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+@pytest.mark.fast
 def test_tracking_uri_from_the_environment(compose, monkeypatch):
     """The pipeline container sets MLFLOW_TRACKING_URI; `tracking.uri` in a config still wins."""
     server = env(compose["services"]["pipeline"])["MLFLOW_TRACKING_URI"]

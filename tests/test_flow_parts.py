@@ -8,6 +8,8 @@ from alignpipe.core.result import StageResult
 from alignpipe.evaluation.promote import verdict
 from alignpipe.flows.runner import identity
 
+pytestmark = pytest.mark.fast
+
 
 def _key(cfg, stage, inputs=None):
     return identity(cfg, stage, inputs or {})

@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from alignpipe.core.config import Candidate, ModelSection, PipelineConfig, TinySpec
 from alignpipe.training import models
 
+pytestmark = pytest.mark.slow  # builds and pretrains tiny models
+
 # Very small on purpose; one tokenizer (same vocab_size) is shared by every build in this module.
 SMALL = dict(
     hidden_size=32,

@@ -21,6 +21,8 @@ import pytest
 from conftest import QUICK as QUICK_PIPELINE
 from conftest import ROOT, SMALL_CANDIDATE, deployment_run, run_cli
 
+pytestmark = pytest.mark.slow  # a private PostgreSQL cluster
+
 QUICK = [SMALL_CANDIDATE, "select.perplexity_rows=8", "select.generation_rows=4"]
 
 

@@ -22,6 +22,8 @@ from alignpipe.stages.sft import run_sft
 
 from conftest import ROOT, SMALL_CANDIDATE, run_cli
 
+pytestmark = pytest.mark.slow
+
 FAST = [
     SMALL_CANDIDATE,
     "select.perplexity_rows=16",

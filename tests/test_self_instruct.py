@@ -15,6 +15,7 @@ from alignpipe.training import models
 from conftest import ROOT, SMALL_CANDIDATE
 
 
+@pytest.mark.fast
 def test_rouge_l_matches_the_lcs_f_measure():
     assert si.rouge_l("Write a poem about the sea.", "write a POEM about the sea") == 1.0
     assert si.rouge_l("Sort these numbers.", "Translate to French.") == 0.0
@@ -22,6 +23,7 @@ def test_rouge_l_matches_the_lcs_f_measure():
     assert si.rouge_l("write a poem about cats", "a poem about dogs") == pytest.approx(2 * 0.6 * 0.75 / 1.35)
 
 
+@pytest.mark.fast
 def test_filters_keep_novel_tasks_and_drop_near_copies_bad_formats_and_lengths():
     assert si.instruction_problem("Hi there", 3, 150) == "length"
     assert si.instruction_problem("Draw a picture of a cat.", 3, 150) == "format"
@@ -33,6 +35,7 @@ def test_filters_keep_novel_tasks_and_drop_near_copies_bad_formats_and_lengths()
     assert max(si.rouge_l("Name the capital city of Peru.", p) for p in pool) < 0.7  # novel: kept
 
 
+@pytest.mark.fast
 def test_parsing_generated_lists_and_instances():
     text = " Name a fruit.\n10. Count the words in the sentence.\n11. Tell me a"
     assert si.parse_instructions(text) == ["Name a fruit.", "Count the words in the sentence.", "Tell me a"]

@@ -231,7 +231,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key in own:
-            kwargs[key] = _coerce(hints[key], value, dotted, problems, where)
+            kwargs[key] = _over_default(own[key], _coerce(hints[key], value, dotted, problems, where), value)
         elif passthrough and key in passthrough[1]:
             trl_kwargs[key] = value
         else:
@@ -247,6 +247,17 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
     if cls is PreferenceSection:
         obj._methods = per_method  # checked against their own TRL configs in _check
     return obj
+
+
+def _over_default(f: dataclasses.Field, built: Any, raw: Any) -> Any:
+    """A section given in part, over a field default that is not its class's (a stage's policy in the
+    registry): the keys given replace the default's, the others keep it."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    if not (dataclasses.is_dataclass(default) and dataclasses.is_dataclass(built) and isinstance(raw, dict)):
+        return built
+    if default == type(default)():
+        return built
+    return dataclasses.replace(default, **{k: getattr(built, k) for k in raw if hasattr(built, k)})
 
 
 def _coerce(tp: Any, value: Any, dotted: str, problems: list[str], where: str) -> Any:
