@@ -151,7 +151,7 @@ def _started() -> None:
 
 def per_seed(cfg: PipelineConfig) -> list[PipelineConfig]:
     """The config once per training seed (`seeds`), its `seed` set to it (launched ranks get it as
-    an override); one seed: the config itself, so a single-seed run keeps its cache keys."""
+    an override); one seed: the config itself, so a single-seed run keeps its identities."""
     if cfg.training_seeds == [cfg.seed]:
         return [cfg]
     return [dataclasses.replace(cfg, seed=s, overrides=[*cfg.overrides, f"seed={s}"]) for s in cfg.training_seeds]
