@@ -8,11 +8,10 @@ import gzip
 import json
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_process, run_cli
 
 pytestmark = pytest.mark.fast
 
@@ -91,13 +90,11 @@ def case(tmp_path_factory):
 
     def timed(args, env):
         start = time.time()
-        proc = run_cli(*args, env=env)
+        proc = cli_in_process(*args, env=env)
         proc.seconds = time.time() - start
         return proc
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(timed, *case) for name, case in cases.items()}
-        results = {name: fut.result() for name, fut in futures.items()}
+    results = {name: timed(*case) for name, case in cases.items()}  # in process: what a fresh interpreter shows
     return {"files": f, "state": state, "notes_mtime": before, **results}
 
 

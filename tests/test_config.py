@@ -9,7 +9,7 @@ from alignpipe.core.config import LoraSection
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_process
 
 pytestmark = pytest.mark.fast
 
@@ -71,7 +71,7 @@ def test_shipped_config_loads_and_validates(path, state_dir):
     assert cfg.source == str(path)
     for name in ("sft", "preference", "eval"):
         assert Path(getattr(cfg.data, name).path).is_file()
-    proc = run_cli("validate", path)
+    proc = cli_in_process("validate", path)
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
