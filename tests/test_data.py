@@ -354,7 +354,7 @@ def test_config_sources_as_a_list_and_problems_named_at_once(tmp_path):
 
 
 def test_validate_shows_format_and_skipped_counts_and_fails_by_default(tmp_path):
-    from conftest import run_cli
+    from conftest import cli_in_process as run_cli  # validate trains nothing: in process
 
     path = _jsonl(
         tmp_path / "mixed.jsonl",
