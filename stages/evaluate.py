@@ -4,7 +4,7 @@ training seed where `seeds` lists several).
 
 Per model, on data never trained on:
 - heldout_loss: response-only NLL of the reference answers;
-- task accuracy checked by program (alignpipe.checks), per category, and averaged over the
+- task accuracy graded by program (alignpipe.evaluation.graders), per category, and averaged over the
   categories seen in SFT training (`acc_seen`) and those held out of it entirely (`acc_heldout`);
 - pref_accuracy / pref_margin: how often, and by how much, the model's log-likelihood prefers
   the chosen answer of a held-out pair; with the SFT model as reference (for the distilled
@@ -36,7 +36,7 @@ from alignpipe import data, tracking
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.result import StageResult
 from alignpipe.data import templates
-from alignpipe.evaluation import checks, scoring, stats
+from alignpipe.evaluation import graders, scoring, stats
 from alignpipe.training.models import load_model, load_scorer, load_tokenizer
 
 
@@ -231,8 +231,8 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
     if generations is not None:
         generations[name] = outputs
-    correct = [checks.check(r, o) for r, o in zip(rows, outputs)]
-    refused = [checks.is_refusal(o) for o in outputs]
+    correct = [graders.check(r, o) for r, o in zip(rows, outputs)]
+    refused = [graders.is_refusal(o) for o in outputs]
 
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
     scores = scoring.response_logprobs(
@@ -297,7 +297,7 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
             for i in picked
         ]
         outputs = scoring.generate(model, tok, prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size)
-        out[f"format_acc_{name}"] = _mean(checks.check(rows[i], o) for i, o in zip(picked, outputs))
+        out[f"format_acc_{name}"] = _mean(graders.check(rows[i], o) for i, o in zip(picked, outputs))
     robust = _mean(out.values())
     out["format_robust_acc"] = robust
     out["format_gap"] = round(_mean(correct[i] for i in picked) - robust, 4)
