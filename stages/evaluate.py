@@ -20,7 +20,7 @@ Per model, on data never trained on:
 - sample generations, logged as an MLflow table.
 
 Every headline metric gets a 95% interval, and every model a paired difference (with its
-interval and a better/tied/worse verdict) against each model before it: alignpipe.stats. Both
+interval and a better/tied/worse verdict) against each model before it: alignpipe.evaluation.stats. Both
 go to evaluation.json and to MLflow (`dpo/acc_seen_lo`, `dpo_vs_sft/acc_seen_delta`, ...), with
 the per-item scores they came from.
 """
@@ -50,7 +50,7 @@ def run_evaluate(
     a list of paths is one model per training seed (`cfg.training_seeds`), scored each.
 
     Every headline metric gets a 95% interval and every later model a paired difference against
-    each earlier one (alignpipe.stats); with a reward model, also its scores and win rates
+    each earlier one (alignpipe.evaluation.stats); with a reward model, also its scores and win rates
     against the SFT model's answers."""
     model_paths, reward_model = models, reward
     template = template or cfg.sft.template
