@@ -238,6 +238,26 @@ def log_model_runs(cfg: PipelineConfig, table: dict, intervals: dict, models: di
     return ids
 
 
+def log_evaluation(cfg: PipelineConfig, report: dict, models: dict, samples: list[dict]) -> None:
+    """The evaluate stage's record on its run: each model's metrics (`dpo/acc_seen`) and interval ends
+    (`dpo/acc_seen_lo`, `dpo/acc_seen_hi`), each paired difference (`dpo_vs_sft/acc_seen_delta`, `_lo`,
+    `_hi`), one nested run per model (`log_model_runs`), the sample generations as a table
+    (samples.json) and the whole report (evaluation.json: `alignpipe.evaluation.stats.report`)."""
+    if not is_main():
+        return
+    table, intervals = report["summary"], report["intervals"]
+    for name, metrics in table.items():
+        mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
+        mlflow.log_metrics(
+            {f"{name}/{k}_{end}": b for k, (lo, hi) in intervals[name].items() for end, b in (("lo", lo), ("hi", hi))}
+        )
+    for pair, ks in report["comparisons"].items():
+        mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
+    log_model_runs(cfg, table, intervals, models, report["seeds"])
+    mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
+    mlflow.log_dict(report, "evaluation.json")
+
+
 def _one_or_list(value: str | list[str]) -> str:
     return value if isinstance(value, str) else ",".join(value)
 
