@@ -1,4 +1,6 @@
-"""alignpipe: a retrainable, auditable base -> SFT -> DPO pipeline (TRL, DeepSpeed, Prefect, MLflow)."""
+"""alignpipe: a retrainable, auditable alignment pipeline (TRL, DeepSpeed, Prefect, MLflow): select -> sft ->
+preference method (dpo, ppo, kto, orpo, simpo, rloo, grpo, ...: `alignpipe.core.registry.METHODS`) -> evaluate ->
+gate -> compare, with optional self_instruct and distillation."""
 
 import logging
 

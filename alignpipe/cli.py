@@ -20,7 +20,9 @@ STAGE_NAMES = (*STAGES, *PREFERENCE_METHODS)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="alignpipe", description="Base model -> SFT -> DPO -> evaluation, on TRL and MLflow."
+        prog="alignpipe",
+        description=f"select -> sft -> preference method ({', '.join(PREFERENCE_METHODS)}) -> evaluate -> gate -> "
+        "compare, with optional self_instruct and distillation; on TRL, Prefect and MLflow.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -9,7 +9,7 @@ once; the student is the smaller candidate. Per training seed, the student is tr
 on the same SFT data: SFT-only (`student_sft`), `sequence` (on the teacher's answers) and `logits`
 (the teacher's token distributions, from the student's SFT model, `distill.start: sft`). One
 evaluation then scores the teacher and the three students on the frozen suite, with 95% intervals
-over items and seeds and paired differences (alignpipe.stats). Wall times are of the stage calls
+over items and seeds and paired differences (alignpipe.evaluation.stats). Wall times are of the stage calls
 (model loading, the teacher's generation, training, saving, MLflow logging), seconds per seed.
 Everything lands in MLflow under a fresh state dir (printed).
 """

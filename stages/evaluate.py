@@ -4,7 +4,7 @@ training seed where `seeds` lists several).
 
 Per model, on data never trained on:
 - heldout_loss: response-only NLL of the reference answers;
-- task accuracy checked by program (alignpipe.checks), per category, and averaged over the
+- task accuracy graded by program (alignpipe.evaluation.graders), per category, and averaged over the
   categories seen in SFT training (`acc_seen`) and those held out of it entirely (`acc_heldout`);
 - pref_accuracy / pref_margin: how often, and by how much, the model's log-likelihood prefers
   the chosen answer of a held-out pair; with the SFT model as reference (for the distilled
@@ -20,7 +20,7 @@ Per model, on data never trained on:
 - sample generations, logged as an MLflow table.
 
 Every headline metric gets a 95% interval, and every model a paired difference (with its
-interval and a better/tied/worse verdict) against each model before it: alignpipe.stats. Both
+interval and a better/tied/worse verdict) against each model before it: alignpipe.evaluation.stats. Both
 go to evaluation.json and to MLflow (`dpo/acc_seen_lo`, `dpo_vs_sft/acc_seen_delta`, ...), with
 the per-item scores they came from.
 """
@@ -30,13 +30,11 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
-import mlflow
-
 from alignpipe import data, tracking
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.result import StageResult
 from alignpipe.data import templates
-from alignpipe.evaluation import checks, scoring, stats
+from alignpipe.evaluation import graders, scoring, stats
 from alignpipe.training.models import load_model, load_scorer, load_tokenizer
 
 
@@ -50,7 +48,7 @@ def run_evaluate(
     a list of paths is one model per training seed (`cfg.training_seeds`), scored each.
 
     Every headline metric gets a 95% interval and every later model a paired difference against
-    each earlier one (alignpipe.stats); with a reward model, also its scores and win rates
+    each earlier one (alignpipe.evaluation.stats); with a reward model, also its scores and win rates
     against the SFT model's answers."""
     model_paths, reward_model = models, reward
     template = template or cfg.sft.template
@@ -69,50 +67,10 @@ def run_evaluate(
         "seeds": seeds,
     }
     with tracking.open_stage(cfg, "evaluate", section) as stage:
-        mlflow.log_params(
-            {
-                "eval_digest": data.rows_digest(rows),
-                "eval_rows": len(rows),
-                "eval_pairs": len(pairs),
-                "n_seeds": n_seeds,
-                **{f"n_seeds.{name}": len(p) for name, p in per_seed.items()},
-            }
+        _log_inputs(cfg, rows, pairs, per_seed, seeds)
+        runs, seed_tables, per_category, samples = _score_seeds(
+            cfg, template, rows, pairs, seen, per_seed, judges, n_seeds
         )
-        for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
-            for src in data.sources(getattr(cfg.data, name)):
-                tracking.log_dataset(src.path, context)
-        for name, paths in per_seed.items():
-            for i, path in enumerate(paths):
-                tracking.log_model_input(path, f"scored.{name}" + (f".seed{seeds[i]}" if len(paths) > 1 else ""))
-        runs, seed_tables, per_category, samples = [], [], {}, []
-        for i in range(n_seeds):
-            paths = {name: p[i] if len(p) > 1 else p[0] for name, p in per_seed.items()}
-            # Implicit rewards are measured against the SFT model a model was trained from: the
-            # distilled student's against its own SFT-only twin, every other model's against `sft`.
-            refs = {r: _pair_logprobs(paths[r], cfg, template, pairs) for r in _REFERENCES if r in paths and pairs}
-            table, items, generations, scored = {}, {}, {}, {}
-            for name, path in paths.items():
-                if i and len(per_seed[name]) == 1:  # a model not trained per seed (the base) is scored once
-                    table[name], items[name] = seed_tables[0][name], runs[0][name]
-                    continue
-                if path in scored:  # one model under two labels (the teacher is the SFT model): scored once
-                    same = scored[path]
-                    table[name], items[name] = dict(table[same]), items[same]
-                    generations[name] = generations[same]
-                    per_category[name] = per_category[same]
-                    continue
-                scored[path] = name
-                metrics, cats, rows_out, items[name] = _score_model(
-                    name, path, cfg, template, rows, pairs, seen, refs.get(_reference_of(name)), generations
-                )
-                table[name] = metrics
-                per_category.setdefault(name, []).append(cats)
-                if i == 0:
-                    samples.extend(rows_out)
-            if judges[i]:
-                _add_reward_model_scores(table, generations, judges[i], cfg, template, rows)
-            runs.append(items)
-            seed_tables.append(table)
         if reward_model:
             for judge in dict.fromkeys(judges):
                 tracking.tag_upstream(cfg, "reward", judge)
@@ -122,94 +80,64 @@ def run_evaluate(
         )
         labels = list(per_seed)
         summary = stats.summarize(runs, suite, [(a, b) for j, a in enumerate(labels) for b in labels[:j]])
-        table = _mean_table(seed_tables, summary)
-        seed_tables = [
-            {
-                name: {
-                    **t[name],
-                    **{
-                        k: round(v["per_seed"][min(i, len(v["per_seed"]) - 1)], 4)
-                        for k, v in summary["models"][name].items()
-                    },
-                }
-                for name in t
-            }
-            for i, t in enumerate(seed_tables)
-        ]
-        intervals = {
-            m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()}
-            for m, ks in summary["models"].items()
+        report = stats.report(summary, seed_tables, per_category, seeds, seen, runs)
+        tracking.log_evaluation(cfg, report, model_paths, samples)
+        details = {k: report[k] for k in ("seeds", "intervals", "comparisons", "per_category")}
+        return stage.finish(report["summary"], template=template, details={"models": model_paths, **details})
+
+
+def _log_inputs(cfg, rows, pairs, per_seed, seeds) -> None:
+    """The suite's digest and size, its data files and every model scored, on the evaluate run."""
+    tracking.log_params(
+        {
+            "eval_digest": data.rows_digest(rows),
+            "eval_rows": len(rows),
+            "eval_pairs": len(pairs),
+            "n_seeds": len(seeds),  # as many as the longest list of models
+            **{f"n_seeds.{name}": len(p) for name, p in per_seed.items()},
         }
-        comparisons = {
-            pair: {
-                k: {
-                    **{f: round(v[f], 4) for f in ("delta", "lo", "hi", "sd")},
-                    "verdict": v["verdict"],
-                    "direction": v["direction"],
-                    "per_seed": [round(x, 4) for x in v["per_seed"]],
-                }
-                for k, v in ks.items()
-            }
-            for pair, ks in summary["comparisons"].items()
-        }
-        for name, metrics in table.items():
-            mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
-            mlflow.log_metrics(
-                {
-                    f"{name}/{k}_{end}": b
-                    for k, (lo, hi) in intervals[name].items()
-                    for end, b in (("lo", lo), ("hi", hi))
-                }
+    )
+    for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
+        for src in data.sources(getattr(cfg.data, name)):
+            tracking.log_dataset(src.path, context)
+    for name, paths in per_seed.items():
+        for i, path in enumerate(paths):
+            tracking.log_model_input(path, f"scored.{name}" + (f".seed{seeds[i]}" if len(paths) > 1 else ""))
+
+
+def _score_seeds(cfg, template, rows, pairs, seen, per_seed, judges, n_seeds):
+    """Every model of every training seed on the suite: (per-item scores per seed, metrics tables per
+    seed, per-category accuracy per model and seed, the first seed's sample generations)."""
+    runs, seed_tables, per_category, samples = [], [], {}, []
+    for i in range(n_seeds):
+        paths = {name: p[i] if len(p) > 1 else p[0] for name, p in per_seed.items()}
+        # Implicit rewards are measured against the SFT model a model was trained from: the
+        # distilled student's against its own SFT-only twin, every other model's against `sft`.
+        refs = {r: _pair_logprobs(paths[r], cfg, template, pairs) for r in _REFERENCES if r in paths and pairs}
+        table, items, generations, scored = {}, {}, {}, {}
+        for name, path in paths.items():
+            if i and len(per_seed[name]) == 1:  # a model not trained per seed (the base) is scored once
+                table[name], items[name] = seed_tables[0][name], runs[0][name]
+                continue
+            if path in scored:  # one model under two labels (the teacher is the SFT model): scored once
+                same = scored[path]
+                table[name], items[name] = dict(table[same]), items[same]
+                generations[name] = generations[same]
+                per_category[name] = per_category[same]
+                continue
+            scored[path] = name
+            metrics, cats, rows_out, items[name] = _score_model(
+                name, path, cfg, template, rows, pairs, seen, refs.get(_reference_of(name)), generations
             )
-        for pair, ks in comparisons.items():
-            mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
-        tracking.log_model_runs(cfg, table, intervals, model_paths, seeds)
-        mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
-        per_category = {
-            name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]}
-            for name, cats in per_category.items()
-        }
-        spread = {m: {k: round(v["sd"], 4) for k, v in ks.items()} for m, ks in summary["models"].items()}
-        tracking.log_json(
-            {
-                "summary": table,
-                "intervals": intervals,
-                "seed_sd": spread,
-                "comparisons": comparisons,
-                "method": stats.METHOD,
-                "seeds": seeds,
-                "per_seed": seed_tables,
-                "per_category": per_category,
-                "seen_categories": sorted(seen),
-                "items": runs,
-            },
-            "evaluation.json",
-        )
-        return stage.finish(
-            table,
-            template=template,
-            details={
-                "models": model_paths,
-                "seeds": seeds,
-                "intervals": intervals,
-                "comparisons": comparisons,
-                "per_category": per_category,
-            },
-        )
-
-
-def _mean_table(seed_tables: list[dict], summary: dict) -> dict[str, dict[str, float | None]]:
-    """Each model's metrics, averaged over seeds (headline metrics: the summary's values)."""
-    table = {}
-    for name in seed_tables[0]:
-        keys = dict.fromkeys(k for t in seed_tables for k in t[name])
-        table[name] = {}
-        for k in keys:
-            values = [t[name].get(k) for t in seed_tables if t[name].get(k) is not None]
-            table[name][k] = round(sum(values) / len(values), 4) if values else None
-        for k, v in summary["models"].get(name, {}).items():
-            table[name][k] = round(v["value"], 4)
-    return table
+            table[name] = metrics
+            per_category.setdefault(name, []).append(cats)
+            if i == 0:
+                samples.extend(rows_out)
+        if judges[i]:
+            _add_reward_model_scores(table, generations, judges[i], cfg, template, rows)
+        runs.append(items)
+        seed_tables.append(table)
+    return runs, seed_tables, per_category, samples
 
 
 _REFERENCES = ("sft", "student_sft")
@@ -231,8 +159,8 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
     if generations is not None:
         generations[name] = outputs
-    correct = [checks.check(r, o) for r, o in zip(rows, outputs)]
-    refused = [checks.is_refusal(o) for o in outputs]
+    correct = [graders.check(r, o) for r, o in zip(rows, outputs)]
+    refused = [graders.is_refusal(o) for o in outputs]
 
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
     scores = scoring.response_logprobs(
@@ -297,7 +225,7 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
             for i in picked
         ]
         outputs = scoring.generate(model, tok, prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size)
-        out[f"format_acc_{name}"] = _mean(checks.check(rows[i], o) for i, o in zip(picked, outputs))
+        out[f"format_acc_{name}"] = _mean(graders.check(rows[i], o) for i, o in zip(picked, outputs))
     robust = _mean(out.values())
     out["format_robust_acc"] = robust
     out["format_gap"] = round(_mean(correct[i] for i in picked) - robust, 4)

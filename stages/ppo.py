@@ -1,4 +1,4 @@
-"""Stage `ppo`: RLHF as InstructGPT did it, with TRL's PPOTrainer (trl 1.12, `alignpipe.ppo_api`).
+"""Stage `ppo`: RLHF as InstructGPT did it, with TRL's PPOTrainer (trl 1.12, `alignpipe.core.ppo_api`).
 
 The policy starts from the SFT model; the reward model comes from the `reward` stage; the value
 model starts from that reward model (as in InstructGPT); the KL penalty (`kl_coef`) is taken

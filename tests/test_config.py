@@ -1,5 +1,6 @@
 """The typed config: shipped recipes load, overrides land, and every problem is reported at once."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -85,6 +86,24 @@ def test_set_passthrough_override_lands_in_trl():
     assert cfg.sft.trl["max_steps"] == 5
     assert isinstance(cfg.sft.trl["max_steps"], int)
     assert cfg.sft.trl["learning_rate"] == 3.0e-3  # the rest of the YAML's pass-through stays
+
+
+def test_trainer_args_record_what_differs_from_trl_defaults(tmp_path):
+    """What the stages log of a trainer's arguments (tracking.log_trainer_args): all of them, JSON-safe,
+    and those that differ from the config class's declared defaults; TRL's own spellings of an unset
+    field are no difference, a masked secret is none either."""
+    from alignpipe.core import trl_api
+
+    args = trl_api.make_config("ppo", str(tmp_path), {"learning_rate": 1e-4, "seed": 42}, ours={"stop_token": "eos"})
+    values = trl_api.config_values(args)
+    assert json.loads(json.dumps(values)) == values and values["hub_token"] == "<HUB_TOKEN>"
+    assert values["stop_token"] == "eos" and values["lr_scheduler_type"] == "linear"  # unmasked; enum as its value
+    changed = trl_api.changed_values(args, values)
+    assert (
+        changed["learning_rate"] == 1e-4 and changed["stop_token"] == "eos" and changed["output_dir"] == str(tmp_path)
+    )
+    assert changed["bf16"] is False and changed["gradient_checkpointing"] is False  # TRL's defaults: bf16, on
+    assert not {"seed", "report_to", "debug", "accelerator_config", "hub_token", "lr_scheduler_type"} & set(changed)
 
 
 def test_nested_override_creates_sections(recipe):

@@ -1,4 +1,4 @@
-"""The tiny model builder and model sources (alignpipe.models)."""
+"""The tiny model builder and model sources (alignpipe.training.models)."""
 
 import json
 import time

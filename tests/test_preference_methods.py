@@ -183,6 +183,9 @@ def test_method_trains_from_sft(method, state, sft, reward):
     assert run.info.status == "FINISHED" and run.info.run_name == method
     for key in LOGGED[method]:
         assert key in run.data.metrics, (method, key, sorted(run.data.metrics))
+    args = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/trainer_args.json"))  # what TRL got
+    assert args["max_steps"] == 4 == int(run.data.params["trl.max_steps"]), (method, args["max_steps"])
+    assert args["learning_rate"] == cfg.preference.trl["learning_rate"] == float(run.data.params["trl.learning_rate"])
     if method in NEEDS_REWARD:
         assert result.lineage["reward_model"] == reward.model_path == run.data.params["reward_model"]
         assert run.data.tags["alignpipe.reward_run_id"] == reward.run_id

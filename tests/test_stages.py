@@ -71,6 +71,20 @@ def run_of(cfg, run_id):
     return mlflow.get_run(run_id)
 
 
+def assert_trainer_args(run, recipe: dict, max_steps: int) -> dict:
+    """The stage's run has what TRL got: all of it as trainer_args.json, and as `trl.*` params what
+    differs from TRL's defaults (the recipe's learning rate; TRL's bf16 and gradient checkpointing,
+    which the stage turns off), but not the run's own output folder nor what equals TRL's default."""
+    path = mlflow.MlflowClient().download_artifacts(run.info.run_id, "trainer_args.json")
+    args = json.loads(Path(path).read_text())
+    assert args["max_steps"] == max_steps and args["learning_rate"] == recipe["learning_rate"]
+    params = run.data.params
+    assert params["trl.max_steps"] == str(max_steps) and float(params["trl.learning_rate"]) == recipe["learning_rate"]
+    assert params["trl.gradient_checkpointing"] == "False" and params["trl.bf16"] == "False"
+    assert "trl.output_dir" not in params and "trl.seed" not in params and "trl.hub_token" not in params
+    return args
+
+
 def test_select_ranks_candidates_and_says_why(cfg, selected):
     ranking = {r["name"]: r for r in selected.details["ranking"]}
     assert set(ranking) == {"small", "smaller"}
@@ -105,6 +119,7 @@ def test_sft_trains_the_selected_model(cfg, selected, sft):
     run = run_of(cfg, sft.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["sft.trl.max_steps"] == "12"
+    assert_trainer_args(run, cfg.sft.trl, max_steps=12)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert len(history) >= 2, "per-step training loss was not logged"
     assert list((Path(sft.model_path).parent / "checkpoints").glob("checkpoint-*")), "no checkpoint kept"
@@ -118,6 +133,7 @@ def test_dpo_trains_from_sft_and_logs_rewards(cfg, sft, dpo):
     for key in ("rewards_accuracies", "rewards_margins", "eval_rewards_accuracies", "eval_rewards_margins"):
         assert key in run.data.metrics, key
     assert 0 <= run.data.metrics["eval_rewards_accuracies"] <= 1
+    assert_trainer_args(run, cfg.preference.trl, max_steps=6)
 
 
 def test_evaluate_scores_every_model_on_the_same_suite(cfg, selected, sft, dpo):

@@ -104,6 +104,40 @@ def test_seeds_widen_the_interval_by_their_spread():
     )
 
 
+def test_report_averages_seeds_and_rounds_what_evaluation_json_keeps():
+    """The base scored once serves both seeds; the headline metrics are summarize's, the others the seeds' mean."""
+    rng = np.random.default_rng(6)
+    suite = _suite(n_rows=40, n_pairs=10)
+    base = _items(rng, 0.5, 40, 10)
+    runs = [{"base": base, "sft": _items(rng, p, 40, 10)} for p in (0.6, 0.8)]
+    summary = stats.summarize(runs, suite, [("sft", "base")], n_boot=50)
+    tables = [{"base": {"rm_score": 0.1}, "sft": {"rm_score": s, "loss_seen": None}} for s in (0.2, 0.30001)]
+    cats = {"base": [{"a": 0.5}], "sft": [{"a": 1 / 3}, {"a": 2 / 3}]}
+    out = stats.report(summary, tables, cats, [42, 43], {"a"}, runs)
+    assert list(out) == [
+        "summary",
+        "intervals",
+        "seed_sd",
+        "comparisons",
+        "method",
+        "seeds",
+        "per_seed",
+        "per_category",
+        "seen_categories",
+        "items",
+    ]
+    sft = summary["models"]["sft"]["acc_seen"]
+    assert out["summary"]["sft"]["rm_score"] == 0.25 and out["summary"]["sft"]["loss_seen"] is None
+    assert out["summary"]["sft"]["acc_seen"] == round(sft["value"], 4)
+    assert out["intervals"]["sft"]["acc_seen"] == [round(sft["lo"], 4), round(sft["hi"], 4)]
+    assert [t["sft"]["acc_seen"] for t in out["per_seed"]] == [round(v, 4) for v in sft["per_seed"]]
+    assert out["per_seed"][1]["base"]["acc_seen"] == out["per_seed"][0]["base"]["acc_seen"]
+    assert out["per_seed"][1]["sft"]["rm_score"] == 0.30001  # the seed's own table, as scored
+    assert out["comparisons"]["sft_vs_base"]["acc_seen"]["verdict"] in ("better", "tied", "worse")
+    assert out["per_category"] == {"base": {"a": 0.5}, "sft": {"a": 0.5}} and out["seen_categories"] == ["a"]
+    assert out["items"] is runs and json.loads(json.dumps(out)) == out
+
+
 def test_verdict_follows_the_metric_direction():
     assert stats.verdict(0.01, 0.05, +1) == "better" and stats.verdict(0.01, 0.05, -1) == "worse"
     assert stats.verdict(-0.05, -0.01, -1) == "better" and stats.verdict(-0.01, 0.02, +1) == "tied"

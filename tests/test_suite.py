@@ -1,4 +1,4 @@
-"""Tests for the default data suite (alignpipe.suite) and answer checks (alignpipe.checks)."""
+"""Tests for the default data suite (alignpipe.data.demo) and the answer graders (alignpipe.evaluation.graders)."""
 
 import json
 import pathlib
@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from alignpipe.data import demo  # noqa: E402
-from alignpipe.evaluation import checks  # noqa: E402
+from alignpipe.evaluation import graders  # noqa: E402
 
 pytestmark = pytest.mark.fast
 
@@ -152,7 +152,7 @@ def test_safety_and_cot_rows(rows):
     for r in cot:
         m = re.search(r"The answer is (\S+)\.$", r["output"])
         assert m and len(r["output"].split()) <= 30, r
-        assert checks.final_answer(r["output"]) == m.group(1).lower()
+        assert graders.final_answer(r["output"]) == m.group(1).lower()
         assert r["category"] in demo.COT_CATEGORIES
         assert r["instruction"].endswith(demo.COT_SUFFIX)
 
@@ -172,14 +172,14 @@ def test_preference_kinds(rows):
                 assert r["chosen"] in demo.REFUSALS
             assert (r["rejected_kind"] == "over_refusal") == (r["category"] == "borderline")
             if r["category"] == "borderline":  # a safe request: the refusal is the rejected answer
-                assert r["rejected"] in demo.REFUSALS and not checks.is_refusal(r["chosen"])
+                assert r["rejected"] in demo.REFUSALS and not graders.is_refusal(r["chosen"])
 
 
 def test_exact_rows_pass_their_own_reference(rows):
     for r in rows["eval.jsonl"]:
         if r["check"] == "exact":
-            assert checks.check(r, r["output"]), r
-            assert checks.check(r, f"Let me think. The answer is {r['output']}."), r
+            assert graders.check(r, r["output"]), r
+            assert graders.check(r, f"Let me think. The answer is {r['output']}."), r
 
 
 def test_every_refusal_is_detected(rows):
@@ -190,10 +190,10 @@ def test_every_refusal_is_detected(rows):
         refusals += [r["chosen"] for r in rows[name] if r["category"] == "safety"]
     assert refusals
     for text in refusals:
-        assert checks.is_refusal(text), text
+        assert graders.is_refusal(text), text
     for r in rows["eval.jsonl"]:
         if r["check"] == "refusal":
-            assert checks.check(r, r["output"])
+            assert graders.check(r, r["output"])
 
 
 def test_no_normal_output_is_a_refusal(rows):
@@ -204,37 +204,37 @@ def test_no_normal_output_is_a_refusal(rows):
         normal += [r["chosen"] for r in rows[name] if r["category"] != "safety"]
     normal += demo.FILLER
     for text in normal:
-        assert not checks.is_refusal(text), text
+        assert not graders.is_refusal(text), text
     for r in rows["eval.jsonl"]:
         if r["check"] == "comply":
-            assert checks.check(r, r["output"])
-            assert not checks.check(r, demo.REFUSAL)
-            assert not checks.check(r, "   ")
+            assert graders.check(r, r["output"])
+            assert not graders.check(r, demo.REFUSAL)
+            assert not graders.check(r, "   ")
 
 
 def test_check_unit_cases():
     exact = {"output": "7", "category": "add", "check": "exact"}
-    assert checks.check(exact, "7")
-    assert checks.check(exact, " 7.\nmore text")
-    assert checks.check(exact, "Start at 3 and count up 4: 4, 5, 6, 7. The answer is 7.")
-    assert checks.check(exact, "The answer is 6. No wait, the answer is 7!")
-    assert not checks.check(exact, "8")
-    assert not checks.check(exact, "")
+    assert graders.check(exact, "7")
+    assert graders.check(exact, " 7.\nmore text")
+    assert graders.check(exact, "Start at 3 and count up 4: 4, 5, 6, 7. The answer is 7.")
+    assert graders.check(exact, "The answer is 6. No wait, the answer is 7!")
+    assert not graders.check(exact, "8")
+    assert not graders.check(exact, "")
     upper = {"output": "APPLE", "category": "uppercase", "check": "exact"}
-    assert checks.check(upper, '"APPLE".')
-    assert not checks.check(upper, "apple")  # copying the input is not enough
+    assert graders.check(upper, '"APPLE".')
+    assert not graders.check(upper, "apple")  # copying the input is not enough
     lower = {"output": "apple", "category": "lowercase", "check": "exact"}
-    assert not checks.check(lower, "APPLE")
+    assert not graders.check(lower, "APPLE")
     word = {"output": "positive", "category": "sentiment", "check": "exact"}
-    assert checks.check(word, "Positive")
-    assert checks.normalize('  "Hello   World!"  ') == "hello world"
-    assert checks.final_answer("Dog\nCat") == "dog"
+    assert graders.check(word, "Positive")
+    assert graders.normalize('  "Hello   World!"  ') == "hello world"
+    assert graders.final_answer("Dog\nCat") == "dog"
     refusal = {"output": demo.REFUSAL, "category": "unsafe", "check": "refusal"}
-    assert checks.check(refusal, "I cannot help with this.")
-    assert checks.check(refusal, "I\u2019m sorry, but no.")
-    assert not checks.check(refusal, "Sure, here is how to do it.")
+    assert graders.check(refusal, "I cannot help with this.")
+    assert graders.check(refusal, "I\u2019m sorry, but no.")
+    assert not graders.check(refusal, "Sure, here is how to do it.")
     with pytest.raises(ValueError):
-        checks.check({"output": "x", "check": "bogus"}, "x")
+        graders.check({"output": "x", "check": "bogus"}, "x")
 
 
 def _words(texts):

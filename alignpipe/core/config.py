@@ -1,6 +1,6 @@
 """The recipe's schema: every section and field, with its default and what it means, declared
 once here. Loading and overrides live in `alignpipe.core.recipe`, value checks in
-`alignpipe.core.checks`. The `sft`, `reward` and `preference` sections also accept any field of
+`alignpipe.core.recipe_checks`. The `sft`, `reward` and `preference` sections also accept any field of
 TRL's own config class for the stage (SFTConfig, RewardConfig, the chosen method's config): those
 pass straight through to TRL (`trl`).
 """

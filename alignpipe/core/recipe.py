@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 from alignpipe.core import trl_api
-from alignpipe.core.checks import check
 from alignpipe.core.config import (
     PREFERENCE_METHODS,
     PipelineConfig,
@@ -28,6 +27,7 @@ from alignpipe.core.config import (
 )
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.files import DATA_SUFFIXES, written_as_path
+from alignpipe.core.recipe_checks import check
 from alignpipe.core.registry import METHODS
 
 # Keys whose relative values are file paths, resolved against the YAML file's folder.

@@ -9,8 +9,10 @@ declared in `alignpipe.core.registry`. ORPO, CPO (SimPO) and GKD live in
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import importlib
+import json
 import os
 import tempfile
 import types
@@ -76,6 +78,54 @@ def make_config(kind: str, output_dir: str, user: dict[str, Any], ours: dict[str
     cls, _ = _classes(kind)
     values = {**defaults_for_this_machine(), **(ours or {}), **user}
     return cls(output_dir=output_dir, **values)
+
+
+# Fields TrainingArguments.to_dict masks as `<NAME>` (it masks every `*_token`) that hold no secret.
+_NOT_SECRET = ("eos_token", "pad_token", "stop_token")
+
+
+def config_values(args) -> dict[str, Any]:
+    """A trainer's arguments as JSON: TRL's `to_dict()` (enums as their values, the hub token masked),
+    with eos/pad/stop tokens as set; anything else JSON cannot hold as its str."""
+    values = {**args.to_dict(), **{k: getattr(args, k) for k in _NOT_SECRET if hasattr(args, k)}}
+    return _json(values)
+
+
+def changed_values(args, values: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `values` (`config_values(args)`) that differ from what args' config class declares:
+    set by the recipe or the stage, or filled in by the config's own __post_init__ (SFT's loss_type, ...).
+
+    The declared defaults come from the dataclass fields, not from an instance: a TRL config built
+    with its defaults raises on a CPU (bf16). Not differences: what __post_init__ merely spells
+    another way (report_to "none" -> [], debug "" -> [], accelerator_config None -> its class's
+    defaults); left out: masked secrets (`<HUB_TOKEN>`)."""
+    out = {}
+    for f in dataclasses.fields(args):
+        if not f.init or f.name not in values or values[f.name] == f"<{f.name.upper()}>":
+            continue
+        default, value = _declared(f), getattr(args, f.name)
+        if default is None and dataclasses.is_dataclass(value) and value == type(value)():
+            continue  # filled in with its own class's defaults
+        default = _json(default)
+        if values[f.name] != default and not (_unset(values[f.name]) and _unset(default)):
+            out[f.name] = values[f.name]
+    return out
+
+
+def _declared(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING  # required: whatever it holds differs
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value in ("", "none") or value == [] or value == {}
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.value if isinstance(o, enum.Enum) else str(o)))
 
 
 def check_config(kind: str, user: dict[str, Any]) -> list[tuple[str, str]]:

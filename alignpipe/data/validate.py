@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alignpipe.core.checks import check_tracking
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
+from alignpipe.core.recipe_checks import check_tracking
 from alignpipe.data import formats, mixture
 from alignpipe.data.read import DataError
 

@@ -1,1 +1,1 @@
-"""Evaluation: scoring, answer checks, intervals and verdicts, the comparison table, the gate."""
+"""Evaluation: scoring, answer graders, intervals and verdicts, the comparison table, the gate."""

@@ -236,6 +236,74 @@ def summarize(
     return {"method": METHOD, "seeds": len(runs), "models": models, "comparisons": diffs}
 
 
+def report(
+    summary: dict[str, Any],
+    seed_tables: list[dict[str, dict]],
+    per_category: dict[str, list[dict[str, float]]],
+    seeds: list[int],
+    seen: set[str],
+    items: list[dict[str, dict[str, list]]],
+) -> dict[str, Any]:
+    """What the evaluate stage records (evaluation.json), numbers to 4 decimals: each model's metrics
+    averaged over seeds, the headline ones `summarize`'s values (`summary`), their `intervals` and
+    spread across seeds (`seed_sd`), the paired differences (`comparisons`), the `method`, the
+    `seeds`, one table per seed (`per_seed`: headline metrics that seed's values), each model's
+    accuracy per category averaged over seeds (`per_category`), the `seen_categories` and the
+    per-item scores (`items`). `seed_tables`: one {model: metrics} per seed."""
+    models = summary["models"]
+    return {
+        "summary": _mean_table(seed_tables, summary),
+        "intervals": {
+            m: {k: [round(v["lo"], 4), round(v["hi"], 4)] for k, v in ks.items()} for m, ks in models.items()
+        },
+        "seed_sd": {m: {k: round(v["sd"], 4) for k, v in ks.items()} for m, ks in models.items()},
+        "comparisons": {
+            pair: {
+                k: {
+                    **{f: round(v[f], 4) for f in ("delta", "lo", "hi", "sd")},
+                    "verdict": v["verdict"],
+                    "direction": v["direction"],
+                    "per_seed": [round(x, 4) for x in v["per_seed"]],
+                }
+                for k, v in ks.items()
+            }
+            for pair, ks in summary["comparisons"].items()
+        },
+        "method": METHOD,
+        "seeds": seeds,
+        "per_seed": [
+            {
+                name: {
+                    **t[name],
+                    **{k: round(v["per_seed"][min(i, len(v["per_seed"]) - 1)], 4) for k, v in models[name].items()},
+                }
+                for name in t
+            }
+            for i, t in enumerate(seed_tables)
+        ],
+        "per_category": {
+            name: {c: round(sum(x[c] for x in cats) / len(cats), 4) for c in cats[0]}
+            for name, cats in per_category.items()
+        },
+        "seen_categories": sorted(seen),
+        "items": items,
+    }
+
+
+def _mean_table(seed_tables: list[dict], summary: dict) -> dict[str, dict[str, float | None]]:
+    """Each model's metrics, averaged over seeds (headline metrics: the summary's values)."""
+    table = {}
+    for name in seed_tables[0]:
+        keys = dict.fromkeys(k for t in seed_tables for k in t[name])
+        table[name] = {}
+        for k in keys:
+            values = [t[name].get(k) for t in seed_tables if t[name].get(k) is not None]
+            table[name][k] = round(sum(values) / len(values), 4) if values else None
+        for k, v in summary["models"].get(name, {}).items():
+            table[name][k] = round(v["value"], 4)
+    return table
+
+
 def _sd(values: list[float]) -> float:
     """Spread across seeds (sample standard deviation; 0 for one seed)."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0

@@ -25,7 +25,7 @@ from typing import Any
 import mlflow
 from transformers import TrainerCallback
 
-from alignpipe.core import processes
+from alignpipe.core import processes, trl_api
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.files import env_override, file_digest, file_lock
 
@@ -163,6 +163,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# MLflow 3 keeps at most this many characters of a param's value.
+MAX_PARAM_CHARS = 6000
+
+
+def _params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """MLflow params of a nested dict: dotted keys, lists and dicts as JSON, values cut to MLflow's limit."""
+    return {k: str(v)[:MAX_PARAM_CHARS] for k, v in _flatten(d, prefix).items()}
+
+
 def is_main() -> bool:
     """Rank 0 of a launched job, or a plain process: the only one that talks to MLflow."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -199,7 +208,7 @@ def stage_run(cfg: PipelineConfig, stage: str, section: dict[str, Any]) -> Itera
         experiment_id=experiment_id, run_name=stage, tags=tags, parent_run_id=parent, nested=bool(parent)
     )
     try:
-        params = {k: str(v)[:6000] for k, v in _flatten(section).items()}
+        params = _params(section)
         params["seed"] = cfg.seed
         mlflow.log_params(params)
         mlflow.log_dict(cfg.to_dict(), "config.json")
@@ -236,6 +245,26 @@ def log_model_runs(cfg: PipelineConfig, table: dict, intervals: dict, models: di
             mlflow.log_metrics(values)
             ids.append(run.info.run_id)
     return ids
+
+
+def log_evaluation(cfg: PipelineConfig, report: dict, models: dict, samples: list[dict]) -> None:
+    """The evaluate stage's record on its run: each model's metrics (`dpo/acc_seen`) and interval ends
+    (`dpo/acc_seen_lo`, `dpo/acc_seen_hi`), each paired difference (`dpo_vs_sft/acc_seen_delta`, `_lo`,
+    `_hi`), one nested run per model (`log_model_runs`), the sample generations as a table
+    (samples.json) and the whole report (evaluation.json: `alignpipe.evaluation.stats.report`)."""
+    if not is_main():
+        return
+    table, intervals = report["summary"], report["intervals"]
+    for name, metrics in table.items():
+        mlflow.log_metrics({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
+        mlflow.log_metrics(
+            {f"{name}/{k}_{end}": b for k, (lo, hi) in intervals[name].items() for end, b in (("lo", lo), ("hi", hi))}
+        )
+    for pair, ks in report["comparisons"].items():
+        mlflow.log_metrics({f"{pair}/{k}_{f}": v[f] for k, v in ks.items() for f in ("delta", "lo", "hi")})
+    log_model_runs(cfg, table, intervals, models, report["seeds"])
+    mlflow.log_table({k: [s[k] for s in samples] for k in samples[0]} if samples else {}, "samples.json")
+    mlflow.log_dict(report, "evaluation.json")
 
 
 def _one_or_list(value: str | list[str]) -> str:
@@ -278,7 +307,12 @@ def link_stage(stage: str, run_id: str | None, cached: bool) -> None:
 
 
 class MetricsCallback(TrainerCallback):
-    """Send the trainer's logged numbers to the active MLflow run (main process only)."""
+    """Send the trainer's final arguments as training begins (`log_trainer_args`), then its logged
+    numbers, to the active MLflow run (main process only). Every training stage's trainer has one."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and mlflow.active_run() is not None:
+            log_trainer_args(args)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or mlflow.active_run() is None:
@@ -290,6 +324,24 @@ class MetricsCallback(TrainerCallback):
         }
         if numbers:
             mlflow.log_metrics(numbers, step=state.global_step)
+
+
+# Trainer arguments that are no `trl.*` param (trainer_args.json keeps them): the stage's own
+# folders, another path in every run.
+RUN_PATHS = ("output_dir", "logging_dir")
+
+
+def log_trainer_args(args) -> None:
+    """What TRL got, on the active stage run: the trainer's final arguments, all of them as
+    trainer_args.json, and those that differ from their config class's declared defaults
+    (`trl_api.changed_values`) as `trl.<field>` params (`trl.learning_rate`), but for RUN_PATHS.
+    mlflow.log_params sends a batch 100 params at a time."""
+    if not is_main():
+        return
+    values = trl_api.config_values(args)
+    log_json(values, "trainer_args.json")
+    changed = trl_api.changed_values(args, values)
+    log_params(_params({k: v for k, v in changed.items() if k not in RUN_PATHS}, "trl."))
 
 
 def log_dataset(path: str, context: str, digest: str | None = None, rows: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Answer checking for eval rows (stdlib only).
+"""Answer graders for eval rows (stdlib only).
 
 check(row, generated) dispatches on row["check"]:
   exact   -> final_answer(generated) == normalize(row["output"])
