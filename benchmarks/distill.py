@@ -42,9 +42,7 @@ def main() -> int:
 
     from alignpipe.core.recipe import load_config
     from alignpipe.evaluation.compare import format_table, verdict_lines
-    from alignpipe.stages.distill import run_distill
-    from alignpipe.stages.evaluate import run_evaluate
-    from alignpipe.stages.sft import run_sft, run_student_sft
+    from alignpipe.flows.runner import run_stage
     from alignpipe.training import models
 
     seeds = [42 + i for i in range(args.seeds)]
@@ -71,18 +69,21 @@ def main() -> int:
         return result
 
     one = load_config(args.config, [*base, "seed=42"])
-    teacher = timed("teacher_sft", run_sft, one, teacher_base).model_path
+    teacher = timed("teacher_sft", run_stage, one, "sft", {"base": teacher_base}).model_path
     paths: dict[str, list[str]] = {"student_sft": [], "student_sequence": [], "student_logits": []}
     for seed in seeds:
         at = [*base, f"seed={seed}", f"distill.student={student_name}"]
-        twin = timed("student_sft", run_student_sft, load_config(args.config, at), student).model_path
+        twin = timed(
+            "student_sft", run_stage, load_config(args.config, at), "student_sft", {"base": student}
+        ).model_path
         paths["student_sft"].append(twin)
         for mode in ("sequence", "logits"):
             mode_cfg = load_config(args.config, [*at, f"distill.mode={mode}"])
-            done = timed(f"student_{mode}", run_distill, mode_cfg, teacher, student, twin, cfg.sft.template)
+            pair = {"teacher": teacher, "student": student, "student_sft": twin, "template": cfg.sft.template}
+            done = timed(f"student_{mode}", run_stage, mode_cfg, "distill", pair)
             paths[f"student_{mode}"].append(done.model_path)
     scored = {"teacher": teacher, **paths}
-    evaluation = timed("evaluate", run_evaluate, cfg, scored, cfg.sft.template)
+    evaluation = timed("evaluate", run_stage, cfg, "evaluate", {"models": scored, "template": cfg.sft.template})
 
     m, details = evaluation.metrics, evaluation.details
     print(f"\nEvaluation (value [95% interval over items and {len(seeds)} seed(s)]; paired differences):")

@@ -41,10 +41,6 @@ def main() -> int:
     from alignpipe.core.recipe import load_config
     from alignpipe.core.registry import NEEDS_REWARD, PREFERENCE_METHODS
     from alignpipe.flows.runner import run_stage
-    from alignpipe.stages.evaluate import run_evaluate
-    from alignpipe.stages.reward import run_reward
-    from alignpipe.stages.select import run_select
-    from alignpipe.stages.sft import run_sft
 
     methods = list(PREFERENCE_METHODS) if args.methods == "all" else args.methods.split(",")
     cfg = load_config(args.config, args.overrides)  # every problem reported before any compute
@@ -64,18 +60,18 @@ def main() -> int:
         print(f"{name}: {wall[name]} s", flush=True)
         return result
 
-    selected = timed("select", run_select, cfg)
-    sft = timed("sft", run_sft, cfg, selected.model_path)
-    reward = (
-        timed("reward", run_reward, cfg, sft.model_path, sft.template) if set(methods) & set(NEEDS_REWARD) else None
-    )
+    selected = timed("select", run_stage, cfg, "select", {})
+    sft = timed("sft", run_stage, cfg, "sft", {"base": selected.model_path})
+    trained_on = {"sft": sft.model_path, "template": sft.template}
+    reward = timed("reward", run_stage, cfg, "reward", trained_on) if set(methods) & set(NEEDS_REWARD) else None
     paths = {"sft": sft.model_path}
     for m in methods:
         rm = reward.model_path if reward and m in NEEDS_REWARD else None
         paths[m] = timed(
             m, run_stage, configs[m], "preference", {"sft": sft.model_path, "template": sft.template, "reward": rm}
         ).model_path
-    evaluation = timed("evaluate", run_evaluate, cfg, paths, sft.template, reward and reward.model_path)
+    scored = {"models": paths, "template": sft.template, "reward": reward and reward.model_path}
+    evaluation = timed("evaluate", run_stage, cfg, "evaluate", scored)
 
     print(
         "\nPreference methods on the frozen suite (wall_s: the stage alone; the methods marked * "
@@ -83,7 +79,7 @@ def main() -> int:
     )
     print(table(evaluation.metrics, wall, NEEDS_REWARD))
     if reward:
-        print(f"reward model held-out pair accuracy: {reward['metrics'].get('eval_accuracy', float('nan')):.3f}")
+        print(f"reward model held-out pair accuracy: {reward.metrics.get('eval_accuracy', float('nan')):.3f}")
     print("wall times (s): " + ", ".join(f"{k}={v}" for k, v in wall.items()))
     return 0
 

@@ -23,16 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def bare(cfg) -> None:
-    """select -> sft -> dpo -> evaluate, the stage functions called directly (no Prefect)."""
-    from alignpipe.stages.evaluate import run_evaluate
-    from alignpipe.stages.offline import run_offline
-    from alignpipe.stages.select import run_select
-    from alignpipe.stages.sft import run_sft
+    """select -> sft -> dpo -> evaluate, each stage through the runner (no Prefect)."""
+    from alignpipe.flows.runner import run_stage
 
-    base = run_select(cfg).model_path
-    sft = run_sft(cfg, base)
-    dpo = run_offline(cfg, sft.model_path, sft.template)
-    run_evaluate(cfg, {"base": base, "sft": sft.model_path, "dpo": dpo.model_path}, sft.template)
+    base = run_stage(cfg, "select", {}).model_path
+    sft = run_stage(cfg, "sft", {"base": base})
+    dpo = run_stage(cfg, "preference", {"sft": sft.model_path, "template": sft.template})
+    models = {"base": base, "sft": sft.model_path, "dpo": dpo.model_path}
+    run_stage(cfg, "evaluate", {"models": models, "template": sft.template})
 
 
 def main() -> None:

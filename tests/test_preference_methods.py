@@ -15,10 +15,6 @@ from alignpipe.core.recipe import load_config
 from alignpipe.core.registry import NEEDS_REWARD, PREFERENCE_METHODS
 from alignpipe.core.result import StageResult
 from alignpipe.flows.runner import run_stage
-from alignpipe.stages.evaluate import run_evaluate
-from alignpipe.stages.reward import run_reward
-from alignpipe.stages.select import run_select
-from alignpipe.stages.sft import run_sft
 
 from conftest import ROOT, SMALL_CANDIDATE, run_cli
 
@@ -43,6 +39,7 @@ FAST = [
 # What each method must log (MLflow keys: TRL's names with / -> _).
 LOGGED = {
     "dpo": ("rewards_accuracies", "rewards_margins"),
+    "ipo": ("rewards_accuracies", "rewards_margins"),
     "kto": ("kl", "eval_kl", "eval_logits_chosen"),
     "orpo": ("rewards_accuracies", "log_odds_ratio"),
     "simpo": ("rewards_accuracies", "rewards_margins"),
@@ -67,12 +64,12 @@ def state(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sft(state):
     cfg = config()
-    return run_sft(cfg, run_select(cfg).model_path)
+    return run_stage(cfg, "sft", {"base": run_stage(cfg, "select", {}).model_path})
 
 
 @pytest.fixture(scope="module")
 def reward(state, sft):
-    return run_reward(config(), sft.model_path, sft.template)
+    return run_stage(config(), "reward", {"sft": sft.model_path, "template": sft.template})
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -201,7 +198,8 @@ def test_evaluate_adds_reward_model_win_rates(state, sft, reward):
             cfg, "preference", {"sft": sft.model_path, "template": sft.template, "reward": reward.model_path}
         )
     )
-    result = run_evaluate(cfg, {"sft": sft.model_path, "ppo": ppo.model_path}, sft.template, reward.model_path)
+    models = {"sft": sft.model_path, "ppo": ppo.model_path}
+    result = run_stage(cfg, "evaluate", {"models": models, "template": sft.template, "reward": reward.model_path})
     sft_m, ppo_m = result.metrics["sft"], result.metrics["ppo"]
     assert sft_m["rm_win_rate"] == 0.5 and 0 <= ppo_m["rm_win_rate"] <= 1
     assert math.isfinite(ppo_m["rm_score"])
