@@ -85,6 +85,9 @@ def identity(cfg: PipelineConfig, name: str, inputs: dict[str, Any]) -> str:
     for section in stage.sections:
         value = getattr(cfg, section, None)
         sections[section] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    if "distributed" in sections:  # the parallel setup, not how this node reaches the others (port, rank, address)
+        d = cfg.distributed
+        sections["distributed"] = {"num_processes": d.num_processes, "deepspeed": d.deepspeed, "nodes": d.nodes}
     blob = {
         "stage": name,
         "sections": sections,

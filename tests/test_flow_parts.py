@@ -26,6 +26,10 @@ def test_identities_follow_only_what_each_stage_depends_on(tmp_path):
     assert _key(lr, "sft") != keys["sft"] and _key(lr, "preference") == keys["preference"]
     varied = load_config("configs/tiny.yaml", ["formats.variation=0.3"])
     assert _key(varied, "sft") != keys["sft"] and _key(varied, "select") == keys["select"]
+    # the parallel setup is part of a training stage's identity; the launcher and its port are not
+    ranks = load_config("configs/tiny.yaml", ["distributed.num_processes=2"])
+    port = load_config("configs/tiny.yaml", ["distributed.master_port=29611", "distributed.launcher=accelerate"])
+    assert _key(ranks, "sft") != keys["sft"] and _key(port, "sft") == keys["sft"]
 
 
 def test_identity_follows_data_content_and_upstream_model_files(tmp_path):
