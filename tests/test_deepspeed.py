@@ -26,7 +26,7 @@ from alignpipe.core.recipe import load_config
 from alignpipe.core.result import StageResult
 from alignpipe.training import launch
 
-from conftest import ROOT, SMALL_CANDIDATE, run_cli
+from conftest import ROOT, SMALL_CANDIDATE, cli_in_process, run_cli
 
 pytestmark = pytest.mark.deepspeed
 
@@ -316,9 +316,7 @@ def bad(tmp_path_factory):
             f"distributed.master_port={port}",
         ],
     }
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(run_cli, *args, env=env) for k, args in cases.items()}
-        results = {k: f.result() for k, f in futures.items()}
+    results = {k: cli_in_process(*args, env=env) for k, args in cases.items()}  # each stops before any compute
     busy.close()
     return {"dir": d, "port": port, **results}
 
