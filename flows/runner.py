@@ -182,9 +182,11 @@ def _value(cfg: PipelineConfig, sources: tuple[str, ...], lookup: Lookup, soft: 
             continue
         stage, _, field = source.partition(".")
         found = lookup(stage, soft)
+        if isinstance(found, list):  # one result per training seed: one value if they all agree (a template)
+            values = [_field(r, field) for r in found]
+            return values[0] if len({str(v) for v in values}) == 1 else values
         if found is not None:
-            values = [_field(r, field) for r in found] if isinstance(found, list) else _field(found, field)
-            return values[0] if isinstance(values, list) and len(values) == 1 else values
+            return _field(found, field)
     return None
 
 

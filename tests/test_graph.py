@@ -38,8 +38,8 @@ def test_the_recipe_picks_the_stages_from_the_graph():
 def test_flow_inputs_come_from_this_runs_results_per_seed():
     cfg = load_config(TINY, ["seeds=[1, 2]", "preference.method=ppo"])
     sft = [
-        StageResult("sft", "r1", model_path="/sft1", template="alpaca"),
-        StageResult("sft", "r2", model_path="/sft2"),
+        StageResult("sft", "r1", model_path="/sft1", template="chat"),
+        StageResult("sft", "r2", model_path="/sft2", template="chat"),
     ]
     results = {
         "select": StageResult("select", "r0", model_path="/base"),
@@ -49,13 +49,13 @@ def test_flow_inputs_come_from_this_runs_results_per_seed():
     assert runner.resolve(cfg, "sft", _lookup(results, 1)) == {"base": "/base", "generated": None}
     assert runner.resolve(cfg, "preference", _lookup(results, 1)) == {
         "sft": "/sft2",
-        "template": None,
+        "template": "chat",
         "reward": "/rw2",
     }
     results["preference"] = [StageResult("ppo", "r5", model_path="/p1"), StageResult("ppo", "r6", model_path="/p2")]
     evaluate = runner.resolve(cfg, "evaluate", _lookup(results, None))
     assert evaluate["models"] == {"base": "/base", "sft": ["/sft1", "/sft2"], "ppo": ["/p1", "/p2"]}
-    assert evaluate["reward"] == ["/rw1", "/rw2"]
+    assert evaluate["reward"] == ["/rw1", "/rw2"] and evaluate["template"] == "chat"  # the same for every seed
     dpo = load_config(TINY, ["evaluate.models=[sft]"])  # what it asks for, and the final model always
     assert list(runner.resolve(dpo, "evaluate", _lookup({**results, "reward": None}, None))["models"]) == [
         "sft",
