@@ -47,7 +47,10 @@ def run_stage(cfg: PipelineConfig, name: str, inputs: dict[str, Any]) -> StageRe
         with tracking.stage_folder(tracking.launched_folder() or folder(cfg, name, inputs)):
             return entry(name)(cfg, **inputs)
     out = folder(cfg, name, inputs)
-    lock = FileLock(out / ".lock").acquire(f"{name}: another run is on identity {out.name}; waiting")
+    # One job at a time in a folder; every node of a multi-node job enters it, node 0 holds the lock.
+    lock = None if cfg.distributed.node_rank else FileLock(out / ".lock")
+    if lock:
+        lock.acquire(f"{name}: another run is on identity {out.name}; waiting")
     try:
         finished = StageResult.read(out / "result.json")
         if finished and _outputs_intact(finished):
@@ -59,7 +62,8 @@ def run_stage(cfg: PipelineConfig, name: str, inputs: dict[str, Any]) -> StageRe
                 return launch.run(cfg, name, inputs, timeout=policy(cfg, stage.name).timeout_seconds, folder=out)
             return entry(name)(cfg, **inputs)
     finally:
-        lock.release()
+        if lock:
+            lock.release()
 
 
 def policy(cfg: PipelineConfig, stage: str) -> StagePolicy:
