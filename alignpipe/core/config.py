@@ -56,10 +56,12 @@ class TinySpec:
 
 @dataclass
 class Candidate:
-    """A pretrained model to consider: a hub id or local dir (`path`), or a `tiny` spec."""
+    """A pretrained model to consider: a hub id, local dir or GGUF file (`path`; a `.gguf` file, or
+    `pkg:DIST/FILE` inside an installed package), or a `tiny` spec."""
 
     name: str = ""
     path: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside the `path` dir
     tiny: TinySpec | None = None
     revision: str | None = None
 
@@ -152,6 +154,7 @@ class LoraSection:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
+    layers_to_transform: list[int] | None = None  # adapt only these decoder layers (e.g. the last 8); default all
 
 
 @dataclass
@@ -293,6 +296,9 @@ class PipelineConfig:
     # seed's models and reports means with intervals over items and seeds (`alignpipe run --seeds N`).
     seeds: list[int] | None = None
     state_dir: str | None = None  # default: $ALIGNPIPE_HOME or ./.alignpipe
+    # Every stage for 2 steps on a handful of items, in experiment `<experiment>-fast-dev-run`, with
+    # nothing registered: a recipe's smoke test (`alignpipe run RECIPE --fast-dev-run`).
+    fast_dev_run: bool = False
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     select: SelectSection = field(default_factory=SelectSection)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from alignpipe.core import trl_api
+from alignpipe.core import gguf_api, trl_api
 from alignpipe.core.config import (
     PREFERENCE_METHODS,
     PipelineConfig,
@@ -113,6 +113,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     cfg.source = source
     cfg.overrides = list(overrides or [])
     _fill_defaults(cfg)
+    if cfg.fast_dev_run is True:
+        _shrink_for_fast_dev_run(cfg)
     check(cfg, problems, where)
     if problems:
         raise ConfigError(problems)
@@ -133,8 +135,11 @@ def _resolve_paths(node: Any, base: Path) -> Any:
 
 
 def _looks_local(value: str, base: Path) -> bool:
-    """A relative path that exists next to the YAML file, or is written or named as a file."""
-    return written_as_path(value) or (base / value).exists() or value.endswith((*DATA_SUFFIXES, ".yaml"))
+    """A relative path that exists next to the YAML file, or is written or named as a file (not a
+    file inside an installed package, `pkg:...`)."""
+    if value.startswith(gguf_api.PKG):
+        return False
+    return written_as_path(value) or (base / value).exists() or value.endswith((*DATA_SUFFIXES, ".yaml", ".gguf"))
 
 
 def _fill_defaults(cfg: PipelineConfig) -> None:
@@ -148,6 +153,41 @@ def _fill_defaults(cfg: PipelineConfig) -> None:
                 else f"tiny-{cand.tiny.arch}-{cand.tiny.hidden_size}x{cand.tiny.num_layers}"
             )
     cfg.evaluate.models = ["preference" if m == cfg.preference.method else m for m in cfg.evaluate.models]
+
+
+# fast_dev_run: the steps of every training stage, and the items of every data set and scoring step.
+FAST_DEV_STEPS, FAST_DEV_ROWS, FAST_DEV_EVAL_ROWS = 2, 16, 6
+
+
+def _shrink_for_fast_dev_run(cfg: PipelineConfig) -> None:
+    """Every stage of the recipe, as Lightning's fast_dev_run: 2 optimizer steps, a handful of rows,
+    short generations, one seed, nothing registered; in its own experiment, so nothing of a real run
+    is reused or replaced."""
+    cfg.experiment = f"{cfg.experiment}-fast-dev-run"
+    cfg.seeds = cfg.seeds[:1] if cfg.seeds else None
+    cfg.promote.enabled = False
+    for values in (cfg.sft.trl, cfg.reward.trl, cfg.preference.trl, cfg.distill.sequence, cfg.distill.logits):
+        values.update(
+            max_steps=FAST_DEV_STEPS, logging_steps=1, save_steps=FAST_DEV_STEPS, gradient_accumulation_steps=1
+        )
+        if "num_generations" not in values:  # online methods need a batch that their generations divide
+            values["per_device_train_batch_size"] = min(values.get("per_device_train_batch_size", 4), 4)
+    for cand in cfg.model.candidates:
+        if cand is not None and cand.tiny is not None:
+            cand.tiny.pretrain_steps = min(cand.tiny.pretrain_steps, FAST_DEV_STEPS)
+    data = cfg.data
+    for kind, rows in (("sft", FAST_DEV_ROWS), ("preference", FAST_DEV_ROWS), ("eval", FAST_DEV_EVAL_ROWS)):
+        for key in (kind, f"{kind}_preference") if kind == "eval" else (kind,):
+            sources = getattr(data, key)
+            for src in sources if isinstance(sources, list) else [sources]:
+                src.max_rows = min(src.max_rows or rows, rows)
+    data.validation_rows = min(data.validation_rows, 4)
+    cfg.select.perplexity_rows, cfg.select.generation_rows = 4, 2
+    cfg.select.max_new_tokens = cfg.evaluate.max_new_tokens = cfg.distill.max_new_tokens = 8
+    cfg.evaluate.num_samples = 2
+    cfg.formats.robustness_rows = min(cfg.formats.robustness_rows, 2)
+    si = cfg.self_instruct
+    si.rounds, si.prompts_per_round, si.max_new_tokens = 1, 2, 16
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

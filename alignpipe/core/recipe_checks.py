@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from alignpipe.core import trl_api
+from alignpipe.core import gguf_api, trl_api
 from alignpipe.core.config import (
     DATA_FORMATS,
     DISTILL_LABELS,
@@ -81,8 +81,11 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         if cand.name in names:
             bad(f"{key}.name", f"repeats '{cand.name}': give each candidate its own name")
         names.add(cand.name)
-        if cand.path and written_as_path(cand.path) and not Path(cand.path).expanduser().is_dir():
-            bad(f"{key}.path", f"model directory {cand.path} does not exist (build it, or give a hub id)")
+        if cand.path:
+            source = str(Path(cand.path) / cand.gguf_file) if cand.gguf_file else cand.path
+            _check_model(
+                f"{key}.path", source, bad, f"model directory {cand.path} does not exist (build it, or give a hub id)"
+            )
         if cand.tiny is not None:
             t = cand.tiny
             if t.arch not in ("llama", "qwen2"):
@@ -99,11 +102,12 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
         bad("sft.template", f"must be one of {', '.join(TEMPLATES)}, got {cfg.sft.template!r}")
     for section in ("sft", "preference", "reward"):
         mp = getattr(cfg, section).model_path
-        if mp and written_as_path(mp) and not Path(mp).expanduser().is_dir():
-            bad(
-                f"{section}.model_path",
-                f"model directory {mp} does not exist (or give a hub id such as Qwen/Qwen2.5-0.5B)",
-            )
+        _check_model(
+            f"{section}.model_path",
+            mp,
+            bad,
+            f"model directory {mp} does not exist (or give a hub id such as Qwen/Qwen2.5-0.5B)",
+        )
     if (
         cfg.preference.method is not None and cfg.preference.method not in PREFERENCE_METHODS
     ):  # None: mistyped, reported
@@ -324,6 +328,13 @@ def _check_lora(key: str, lora, bad) -> None:
         bad(f"{key}.alpha", f"must be > 0, got {lora.alpha}")
     if isinstance(lora.dropout, float) and not 0 <= lora.dropout < 1:
         bad(f"{key}.dropout", f"must be in [0, 1), got {lora.dropout}")
+    if lora.layers_to_transform is not None and not all(
+        isinstance(i, int) and i >= 0 for i in lora.layers_to_transform
+    ):
+        bad(
+            f"{key}.layers_to_transform",
+            f"must be decoder layer indices (0, 1, ...), got {lora.layers_to_transform!r}",
+        )
 
 
 def _check_distill(cfg: PipelineConfig, bad) -> None:
@@ -336,17 +347,18 @@ def _check_distill(cfg: PipelineConfig, bad) -> None:
         bad("distill.lmbda", f"must be in [0, 1] (the share of on-policy batches), got {d.lmbda}")
     if isinstance(d.max_new_tokens, int) and d.max_new_tokens < 1:
         bad("distill.max_new_tokens", f"must be >= 1, got {d.max_new_tokens}")
-    if d.teacher and written_as_path(d.teacher) and not Path(d.teacher).expanduser().is_dir():
-        bad(
-            "distill.teacher",
-            f"model directory {d.teacher} does not exist (give a model dir or a hub id, or leave it unset "
-            "to distil this pipeline's SFT model)",
-        )
+    _check_model(
+        "distill.teacher",
+        d.teacher,
+        bad,
+        f"model directory {d.teacher} does not exist (give a model dir or a hub id, or leave it unset "
+        "to distil this pipeline's SFT model)",
+    )
     names = [c.name for c in cfg.model.candidates if c is not None]
     if d.enabled and d.student and d.student not in names:  # a candidate name means this recipe's candidates
-        if written_as_path(d.student) and not Path(d.student).expanduser().is_dir():
-            bad("distill.student", f"model directory {d.student} does not exist")
-        elif not written_as_path(d.student) and "/" not in d.student:
+        if written_as_path(d.student) or gguf_api.is_gguf(d.student):
+            _check_model("distill.student", d.student, bad, f"model directory {d.student} does not exist")
+        elif "/" not in d.student:
             bad(
                 "distill.student",
                 f"{d.student!r} is not a model.candidates name ({', '.join(names) or 'none'}), "
@@ -439,6 +451,18 @@ def _dotted(d: dict, key: str) -> Any:
 def _positive(*values: Any) -> bool:
     """All values are usable integers (a mistyped one is already reported and left as None)."""
     return all(isinstance(v, int) and v > 0 for v in values)
+
+
+def _check_model(key: str, source: str | None, bad, missing_dir: str) -> None:
+    """A model string that names a GGUF file it cannot convert, or a model dir that is missing."""
+    if not source:
+        return
+    if gguf_api.is_gguf(source):
+        problem = gguf_api.problem(source)
+        if problem:
+            bad(key, f"names a GGUF model that cannot be used: {problem}")
+    elif written_as_path(source) and not Path(source).expanduser().is_dir():
+        bad(key, missing_dir)
 
 
 def _looks_like_file(path: str) -> bool:

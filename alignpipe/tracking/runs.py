@@ -25,7 +25,7 @@ from typing import Any
 import mlflow
 from transformers import TrainerCallback
 
-from alignpipe.core import processes, trl_api
+from alignpipe.core import gguf_api, processes, trl_api
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.files import env_override, file_digest, file_lock
 
@@ -435,6 +435,7 @@ def log_model_input(model_path: str, role: str) -> str | None:
     from mlflow.entities import LoggedModelInput
 
     model_id = find_model(str(model_path))
+    gguf = {f"alignpipe.gguf.{k}": str(v) for k, v in (gguf_api.lineage(model_path) or {}).items()}
     if model_id is None:
         run = mlflow.active_run()
         p = Path(str(model_path))
@@ -442,12 +443,16 @@ def log_model_input(model_path: str, role: str) -> str | None:
             name=(p.parent.name if p.name == "model" else p.name).replace(".", "-") or "model",
             source_run_id=run.info.run_id,
             model_type="transformers",
-            tags={MODEL_PATH_TAG: str(model_path), "alignpipe.external": "true"},
+            tags={MODEL_PATH_TAG: str(model_path), "alignpipe.external": "true", **gguf},
             experiment_id=run.info.experiment_id,
         )
         model_id = mlflow.finalize_logged_model(ext.model_id, "READY").model_id
     mlflow.log_input(model=LoggedModelInput(model_id))
     mlflow.set_tag(f"alignpipe.input_model.{role}", model_id)
+    if gguf:  # a model dequantised from a GGUF file: its sha256 and source are this run's lineage too
+        mlflow.set_tags(
+            {f"alignpipe.input_model.{role}.gguf_{k}": gguf[f"alignpipe.gguf.{k}"] for k in ("sha256", "source")}
+        )
     return model_id
 
 

@@ -9,6 +9,7 @@ real pretrained model. Both are cached under the cache dir by a digest of their 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from alignpipe.core import gguf_api
 from alignpipe.core.config import Candidate, ModelSection, PipelineConfig, TinySpec
-from alignpipe.core.files import atomic_dir, file_lock
+from alignpipe.core.files import atomic_dir, file_digest, file_lock
 from alignpipe.data import demo, templates
 
 BUILDER_VERSION = "2"  # bump when the tiny builder's output would change
@@ -48,10 +50,13 @@ def cache_dir(cfg: PipelineConfig) -> Path:
 
 
 def resolve(candidate: Candidate, cfg: PipelineConfig) -> str:
-    """A loadable location for the candidate: its local dir or hub id, or the built tiny model."""
+    """A loadable location for the candidate: its local dir or hub id, the built tiny model, or
+    the model dir converted from its GGUF file."""
     if candidate.tiny is not None:
         return str(build_tiny(candidate.tiny, cache_dir(cfg)))
-    path = candidate.path
+    path = str(Path(candidate.path) / candidate.gguf_file) if candidate.gguf_file else candidate.path
+    if gguf_api.is_gguf(path):
+        return str(from_gguf(path, cache_dir(cfg)))
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
@@ -65,6 +70,41 @@ def named_source(cfg: PipelineConfig, name: str) -> str:
     model), else a model dir or hub id."""
     found = next((c for c in cfg.model.candidates if c is not None and c.name == name), None)
     return resolve(found or Candidate(name=name, path=name), cfg)
+
+
+def from_gguf(source: str, root: Path) -> Path:
+    """The fp32 model dir dequantised from a GGUF file: converted once, cached by the file's sha256."""
+    try:
+        path = gguf_api.locate(source)
+    except gguf_api.GGUFError as e:
+        raise ModelSourceError(str(e)) from None
+    sha = _sha256(str(path), *_stat(path))
+    out = root / "gguf" / f"{path.stem}-{sha[:16]}"
+    if (out / "config.json").is_file():
+        return out
+    problem = gguf_api.problem(source)
+    if problem:
+        raise ModelSourceError(problem)
+    with file_lock(root / "gguf" / f".{out.name}.lock", f"model: waiting for another process converting {path.name}"):
+        if not (out / "config.json").is_file():
+            mb = path.stat().st_size / 2**20
+            print(f"model: converting {path.name} ({mb:.0f} MiB, sha256 {sha[:12]}) to an fp32 model dir", flush=True)
+            started = time.time()
+            with atomic_dir(out, replace=False) as tmp:
+                gguf_api.convert(source, path, sha, tmp)
+            print(f"model: converted {path.name} in {time.time() - started:.0f} s into {out}", flush=True)
+    return out
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per process for the same size and mtime."""
+    return file_digest(path)
 
 
 def load_tokenizer(source: str, model: ModelSection):
