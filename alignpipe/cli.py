@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--sft-only", action="store_true", help="select -> sft -> evaluate (no preference stage)")
     run.add_argument(
+        "--fast-dev-run",
+        action="store_true",
+        help="every stage for 2 steps on a handful of items, in experiment <experiment>-fast-dev-run, "
+        "registering nothing: a recipe's smoke test (same as --set fast_dev_run=true)",
+    )
+    run.add_argument(
         "--seeds",
         type=int,
         metavar="N",
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if getattr(args, "seeds", None):
             args.overrides.append(_seeds_override(args.config, args.overrides, args.seeds))
+        if getattr(args, "fast_dev_run", False):
+            args.overrides.append("fast_dev_run=true")
         cfg = load_and_validate(args.config, args.overrides)
         if args.command == "validate":
             print(f"{args.config}: OK")

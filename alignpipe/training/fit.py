@@ -55,6 +55,7 @@ def lora_config(section: LoraSection | None, task_type: str = "CAUSAL_LM"):
         lora_alpha=section.alpha,
         lora_dropout=section.dropout,
         target_modules=section.target_modules,
+        layers_to_transform=section.layers_to_transform,
         task_type=task_type,
     )
 
