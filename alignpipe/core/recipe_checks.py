@@ -328,12 +328,14 @@ def _check_lora(key: str, lora, bad) -> None:
         bad(f"{key}.alpha", f"must be > 0, got {lora.alpha}")
     if isinstance(lora.dropout, float) and not 0 <= lora.dropout < 1:
         bad(f"{key}.dropout", f"must be in [0, 1), got {lora.dropout}")
-    if lora.layers_to_transform is not None and not all(
-        isinstance(i, int) and i >= 0 for i in lora.layers_to_transform
-    ):
+    layers = lora.layers_to_transform
+    if layers is not None and not all(isinstance(i, int) and i >= 0 for i in layers):
+        bad(f"{key}.layers_to_transform", f"must be decoder layer indices (0, 1, ...), got {layers!r}")
+    if layers is not None and isinstance(lora.target_modules, str):
         bad(
-            f"{key}.layers_to_transform",
-            f"must be decoder layer indices (0, 1, ...), got {lora.layers_to_transform!r}",
+            f"{key}.target_modules",
+            f"is {lora.target_modules!r}, but peft needs a list of module names with layers_to_transform: "
+            "e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
         )
 
 
