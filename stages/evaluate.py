@@ -98,8 +98,8 @@ def _log_inputs(cfg, rows, pairs, per_seed, seeds) -> None:
         }
     )
     for name, context in (("eval", "eval"), ("eval_preference", "eval_preference")):
-        for src in data.sources(getattr(cfg.data, name)):
-            tracking.log_dataset(src.path, context)
+        for path in dict.fromkeys(s.path for s in data.sources(getattr(cfg.data, name))):  # a file listed twice: once
+            tracking.log_dataset(path, context)
     for name, paths in per_seed.items():
         for i, path in enumerate(paths):
             tracking.log_model_input(path, f"scored.{name}" + (f".seed{seeds[i]}" if len(paths) > 1 else ""))

@@ -201,6 +201,63 @@ def test_bad_rows_fail_names_file_line_field_and_skip_counts_by_reason(tmp_path)
     assert "2 kept" not in report.line() and "1 empty_last_turn, 1 prefix_mismatch" in report.line()
 
 
+def test_hh_pairs_as_eval_prompts_first_turn_with_the_source_check(tmp_path):
+    path = _jsonl(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": HH + "Call a locksmith.", "rejected": HH + "Use a pin."},  # multi-turn: first turn only
+            {"chosen": "\n\nHuman: Insult me.\n\nAssistant: No.", "rejected": "x", "check": "comply"},
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: ", "rejected": "x"},  # empty first answer
+            {"chosen": "Human: no leading blank line", "rejected": "x"},
+        ],
+    )
+    src = _src(path, "hh", category="unsafe", check="refusal")
+    with pytest.raises(data.DataError, match=r"hh.jsonl: line 3: field 'chosen' has an empty first Assistant turn"):
+        data.load_source("eval", src, on_bad_rows="fail")
+    rows, report = data.load_source("eval", src, on_bad_rows="skip")
+    assert report.dropped == {"empty_text": 1, "not_hh": 1}
+    assert {k: rows[0][k] for k in ("instruction", "input", "output", "history", "category", "check")} == {
+        "instruction": "How do I pick a lock?",
+        "input": "",
+        "output": "Why do you ask?",
+        "history": [],
+        "category": "unsafe",
+        "check": "refusal",
+    }
+    assert rows[1]["check"] == "comply"  # a row's own check wins over the source's
+    assert data.load_source("eval", _src(path), on_bad_rows="skip")[1].format == "hh"  # detected
+    assert data.load_source("eval", _src(path), on_bad_rows="skip")[0][0]["check"] == "exact"  # the default
+
+
+def test_eval_sources_take_fixed_slices_so_one_file_twice_is_disjoint(tmp_path):
+    ev = [_row(i, "alpaca") for i in range(10)]
+    path = tmp_path / "eval.jsonl"
+    mixture = (
+        f"data.eval=[{{path: {path}, max_rows: 4}}, {{path: {path}, offset: 4, max_rows: 3, check: comply, "
+        f"category: benign}}, {{path: {path}, offset: 8}}]"
+    )
+    rows = data.eval_rows(_cfg(tmp_path, [_row(100)], ev, mixture))
+    assert [r["instruction"] for r in rows] == [f"Task number {i}." for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+    assert [r["check"] for r in rows] == ["exact"] * 4 + ["comply"] * 3 + ["exact"] * 2
+    assert [r["category"] for r in rows][3:5] == ["alpaca", "alpaca"]  # the row's category wins
+    assert rows == data.eval_rows(_cfg(tmp_path, [_row(100)], ev, mixture, "seed=7"))  # not moved by the seed
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.eval.check=refuse", "'data.eval.check' must be one of exact, refusal, comply, got 'refuse'"),
+        ("data.sft.check=exact", "'data.sft.check' applies to data.eval sources only"),
+        ("data.eval_preference.check=refusal", "'data.eval_preference.check' applies to data.eval sources only"),
+        ("data.eval.offset=-1", "'data.eval.offset' must be >= 0, got -1"),
+    ],
+)
+def test_bad_source_check_or_offset_is_a_one_line_config_error(tmp_path, override, message):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, [_row(1)], [_row(2)], override)
+    assert len(e.value.problems) == 1 and message in e.value.problems[0], e.value.problems
+
+
 def _cfg(tmp_path, sft_rows, eval_rows, *overrides, pref_rows=None, eval_pairs=None):
     sft = _jsonl(tmp_path / "sft.jsonl", sft_rows)
     ev = _jsonl(tmp_path / "eval.jsonl", eval_rows)

@@ -79,3 +79,30 @@ def test_validate_reports_format_and_counts_of_each_real_file(state_dir):
     assert "3 empty_last_turn, 2 prefix_mismatch" in out
     assert "sft: " in out and "1 contaminated (0 exact, 1 13-gram)" in out  # alpaca_2k vs alpaca_heldout_300
     assert "preference: " in out and "5 duplicates dropped" in out  # the ShareGPT file's exact duplicates
+
+
+def test_real_eval_mixture_alpaca_exact_benign_comply_and_hh_refusal():
+    """The real-model recipe's suite: Alpaca answers (exact), other Alpaca prompts as benign
+    (comply), HH red-team first turns (refusal); the same file twice gives disjoint rows."""
+    from alignpipe.core.recipe import load_config
+
+    s = SHARED
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.eval=[{{path: {s / 'alpaca_heldout_300.jsonl'}, max_rows: 100, category: alpaca}}, "
+            f"{{path: {s / 'alpaca_heldout_300.jsonl'}, offset: 100, max_rows: 50, check: comply, category: benign}}, "
+            f"{{path: {s / 'hh_test_300.jsonl'}, format: hh, check: refusal, max_rows: 60, category: unsafe}}]",
+        ],
+    )
+    rows = data.eval_rows(cfg)
+    assert [(r["category"], r["check"]) for r in rows] == (
+        [("alpaca", "exact")] * 100 + [("benign", "comply")] * 50 + [("unsafe", "refusal")] * 60
+    )
+    assert {r["_at"] for r in rows[:100]}.isdisjoint(r["_at"] for r in rows[100:150])
+    assert [r["_at"] for r in rows[100:102]] == ["line 101", "line 102"]
+    unsafe = rows[150:]
+    assert all(r["instruction"].strip() and r["output"].strip() and r["history"] == [] for r in unsafe)
+    assert not any("Human:" in r["instruction"] or "Assistant:" in r["instruction"] for r in unsafe)
+    _, report = data.load_source("eval", s / "hh_test_300.jsonl", on_bad_rows="fail")
+    assert (report.format, report.kept) == ("hh", 300)  # detected; every first turn parses

@@ -27,10 +27,12 @@ DISTILL_STARTS = ("sft", "base")
 # The evaluation labels of the distillation branch (distill.enabled), in the order they are compared.
 DISTILL_LABELS = ("teacher", "student_sft", "student_distill")
 LAUNCHERS = ("deepspeed", "accelerate")
+EVAL_CHECKS = ("exact", "refusal", "comply")  # how an eval row's answer is graded (alignpipe.evaluation.graders)
 # Data formats by kind; alignpipe.data.formats holds one normaliser for each.
 SFT_FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "self_instruct")
 PREFERENCE_FORMATS = ("explicit", "implicit", "hh", "sharegpt")
-DATA_FORMATS = {"sft": SFT_FORMATS, "eval": SFT_FORMATS, "preference": PREFERENCE_FORMATS}
+# eval also reads HH pairs as prompts: the first Human turn, answered by the chosen first Assistant turn.
+DATA_FORMATS = {"sft": SFT_FORMATS, "eval": (*SFT_FORMATS, "hh"), "preference": PREFERENCE_FORMATS}
 
 __all__ = ["PREFERENCE_METHODS", "StagePolicy"]  # re-exported: the choices for preference.method, a policy
 
@@ -77,15 +79,22 @@ class ModelSection:
 
 @dataclass
 class DataSource:
-    """One data file, `save_to_disk` folder or hub id, and its share of the stage's mixture."""
+    """One data file, `save_to_disk` folder or hub id, and its share of the stage's mixture.
+
+    Eval sources (`data.eval`, `data.eval_preference`) take the fixed slice offset .. offset+max_rows of
+    their rows in file order (no sampling, no weight: the suite does not move with the seed), so one
+    file listed twice with offsets gives disjoint rows. `check` is for `data.eval` sources only: set on
+    any other source it is a config error, not ignored."""
 
     path: str | None = None
     format: str = "auto"  # auto-detected from the fields; one of DATA_FORMATS
     split: str = "train"  # for hub ids and saved DatasetDicts
     weight: float = 1.0  # share of its rows used (0.5: half, 2: each row twice)
-    max_rows: int | None = None  # cap on its rows after weighting
+    max_rows: int | None = None  # cap on its rows after weighting (eval: the first max_rows after offset)
+    offset: int = 0  # rows skipped from the start (after bad rows are dropped), before weight and max_rows
     category: str | None = None  # category of rows that carry none
     category_field: str = "category"  # the field holding a row's category (e.g. task_type)
+    check: str | None = None  # data.eval only: check of rows that carry none (EVAL_CHECKS; default exact)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from alignpipe.core.config import (
     DISTILL_MODES,
     DISTILL_STARTS,
     DTYPES,
+    EVAL_CHECKS,
     EVAL_MODELS,
     LAUNCHERS,
     PREFERENCE_METHODS,
@@ -172,6 +173,12 @@ def _check_data(cfg: PipelineConfig, bad) -> None:
             if isinstance(entry, list) and not src.path:
                 bad(f"{key}.path", "is not set: every source of a mixture needs a path")
             _check_source(src, key, kind, bad)
+            if src.check is not None and name != "eval":
+                bad(f"{key}.check", "applies to data.eval sources only (how their answers are graded): remove it")
+            elif src.check is not None and src.check not in EVAL_CHECKS:
+                bad(f"{key}.check", f"must be one of {', '.join(EVAL_CHECKS)}, got {src.check!r}")
+            if isinstance(src.offset, int) and src.offset < 0:
+                bad(f"{key}.offset", f"must be >= 0, got {src.offset}")
             if isinstance(src.weight, (int, float)) and src.weight <= 0:
                 bad(f"{key}.weight", f"must be > 0, got {src.weight}")
             if isinstance(src.max_rows, int) and src.max_rows < 1:

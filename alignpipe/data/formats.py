@@ -3,7 +3,8 @@ stages use. One normaliser per (kind, format) in NORMALISERS; every other part o
 sees only normalised rows (plus `_src`/`_at`: the file and line a row came from):
 - sft:        {instruction, input, output, category, history}
 - preference: {instruction, input, chosen, rejected, category, history}
-- eval:       {instruction, input, output, category, history, check}  (check: exact | refusal | comply)
+- eval:       {instruction, input, output, category, history, check}  (check: exact | refusal | comply;
+              the row's own, else the source's, else exact)
 `history` holds the turns before the last user message ({role, content}; a system turn first).
 """
 
@@ -16,12 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from alignpipe.core.config import DATA_FORMATS
+from alignpipe.core.config import DATA_FORMATS, EVAL_CHECKS
 from alignpipe.data.read import DataError, RowProblem, read_table
 
 # Placeholder inputs found in real Alpaca data that mean "no input".
 _NO_INPUT = {"", "noinput", "no input", "<noinput>", "<no input>", "none", "n/a", "null", "<none>", "no_input"}
-_CHECKS = ("exact", "refusal", "comply")
 FORMATS = DATA_FORMATS  # by kind: the schema's choices, each with its normaliser in NORMALISERS below
 _ROLES = {
     "human": "user",
@@ -46,17 +46,20 @@ def detect_format(kind: str, records: list[Any], path: str) -> str:
     for rec in records[:200]:
         if isinstance(rec, dict):
             keys.update(k for k, v in rec.items() if v is not None)
+    sample = next((r["chosen"] for r in records if isinstance(r, dict) and r.get("chosen") is not None), None)
+    is_hh = isinstance(sample, str) and "Human:" in sample
     if kind == "preference":
         if "conversations" in keys and {"chosen", "rejected"} <= keys:
             return "sharegpt"
         if {"chosen", "rejected"} <= keys:
             if "prompt" in keys or "instruction" in keys:
                 return "explicit"
-            sample = next((r["chosen"] for r in records if isinstance(r, dict) and r.get("chosen") is not None), None)
             if isinstance(sample, list):
                 return "implicit"
-            if isinstance(sample, str) and "Human:" in sample:
+            if is_hh:
                 return "hh"
+    elif kind == "eval" and is_hh and not keys & {"messages", "conversations", "instruction", "prompt"}:
+        return "hh"
     else:
         if "messages" in keys:
             return "messages"
@@ -219,6 +222,20 @@ def _hh_pair(where: str, rec: dict) -> list[dict]:
     return [_pair_from_turns(where, chosen, parse_hh(where, _text(where, rec, "rejected"), "rejected"))]
 
 
+def _hh_prompt(where: str, rec: dict) -> list[dict]:
+    """An HH pair as one single-turn eval row: the first Human turn (a red-team request is the first
+    turn), answered by the chosen transcript's first Assistant turn."""
+    turns = parse_hh(where, _text(where, rec, "chosen"), "chosen")
+    if len(turns) < 2 or [t["role"] for t in turns[:2]] != ["user", "assistant"]:
+        raise RowProblem(
+            "bad_turns", f"{where}: field 'chosen' must start with a Human turn answered by an Assistant turn"
+        )
+    for who, turn in zip(("Human", "Assistant"), turns):
+        if not turn["content"]:
+            raise RowProblem("empty_text", f"{where}: field 'chosen' has an empty first {who} turn")
+    return [{"instruction": turns[0]["content"], "input": "", "output": turns[1]["content"], "history": []}]
+
+
 def _implicit_pair(where: str, rec: dict) -> list[dict]:
     chosen = _messages(where, rec.get("chosen"), "chosen")
     return [_pair_from_turns(where, chosen, _messages(where, rec.get("rejected"), "rejected"))]
@@ -303,6 +320,7 @@ _SFT_NORMALISERS = {
 NORMALISERS = {
     **{("sft", f): fn for f, fn in _SFT_NORMALISERS.items()},
     **{("eval", f): fn for f, fn in _SFT_NORMALISERS.items()},
+    ("eval", "hh"): _hh_prompt,
     ("preference", "explicit"): _explicit_pair,
     ("preference", "implicit"): _implicit_pair,
     ("preference", "hh"): _hh_pair,
@@ -314,10 +332,17 @@ _ANSWER_FIELD = {"alpaca": "output", "self_instruct": "output"}
 
 
 def normalise(
-    kind: str, fmt: str, where: str, rec: Any, category: str | None = None, category_field: str = "category"
+    kind: str,
+    fmt: str,
+    where: str,
+    rec: Any,
+    category: str | None = None,
+    category_field: str = "category",
+    check: str | None = None,
 ) -> list[dict]:
     """Normalised rows (usually one; a Self-Instruct task gives one per instance) of a record.
-    The category comes from `category_field`, else `category` (the source's), else ""."""
+    The category comes from `category_field`, else `category` (the source's), else ""; an eval
+    row's check from its `check` field, else `check` (the source's), else exact."""
     if not isinstance(rec, dict):
         raise RowProblem("not_object", f"{where}: a row must be a JSON object, got {type(rec).__name__}")
     rows = NORMALISERS[kind, fmt](where, rec)
@@ -341,12 +366,12 @@ def normalise(
             )
         row["category"] = given or category or ""
         if kind == "eval":
-            check = _text(where, rec, "check", required=False, default="exact")
-            if check not in _CHECKS:
+            row_check = _text(where, rec, "check", required=False, default=check or "exact")
+            if row_check not in EVAL_CHECKS:
                 raise RowProblem(
-                    "bad_value", f"{where}: field 'check' must be one of {', '.join(_CHECKS)}, got {check!r}"
+                    "bad_value", f"{where}: field 'check' must be one of {', '.join(EVAL_CHECKS)}, got {row_check!r}"
                 )
-            row["check"] = check
+            row["check"] = row_check
     return rows
 
 
@@ -410,6 +435,7 @@ def load_source(kind: str, source, on_bad_rows: str = "fail") -> tuple[list[dict
                 rec,
                 getattr(source, "category", None),
                 getattr(source, "category_field", "category"),
+                getattr(source, "check", None),
             )
         except RowProblem as e:
             if on_bad_rows != "skip":

@@ -59,7 +59,8 @@ def drop_duplicates(rows: list[dict], seen: set[str] | None = None) -> list[dict
 
 
 def eval_sets(cfg) -> dict[str, list[dict]]:
-    """Every evaluation set the config names, by path: prompts (eval) and pairs (eval_preference)."""
+    """Every evaluation file the config names, by path, whole (a training row overlapping any of its
+    rows is contaminated, whatever slice is scored): prompts (eval) and pairs (eval_preference)."""
     out = {}
     for kind, entry in (("eval", cfg.data.eval), ("preference", cfg.data.eval_preference)):
         for src in sources(entry):
@@ -68,9 +69,14 @@ def eval_sets(cfg) -> dict[str, list[dict]]:
 
 
 def eval_rows(cfg, name: str = "eval") -> list[dict]:
-    """Rows of every source of `data.eval` (prompts) or `data.eval_preference` (pairs)."""
+    """Rows of every source of `data.eval` (prompts) or `data.eval_preference` (pairs): of each, the
+    fixed slice offset .. offset+max_rows in file order (the suite never moves with the seed)."""
     kind = "eval" if name == "eval" else "preference"
-    return [r for src in sources(getattr(cfg.data, name)) for r in load_source(kind, src, cfg.data.on_bad_rows)[0]]
+    out = []
+    for src in sources(getattr(cfg.data, name)):
+        rows = load_source(kind, src, cfg.data.on_bad_rows)[0][src.offset :]
+        out.extend(rows[: src.max_rows] if src.max_rows is not None else rows)
+    return out
 
 
 def seen_categories(cfg) -> set[str]:
@@ -81,9 +87,10 @@ def seen_categories(cfg) -> set[str]:
 def stage_rows(cfg, kind: str, extra: list | None = None, evals: dict | None = None) -> tuple[list[dict], dict]:
     """(training rows, report) of a stage (`sft` or `preference`) under the config's data policy.
 
-    Per source: read and validate (on_bad_rows), drop held-out categories; across sources: drop
-    exact duplicates, decontaminate against every eval set (refusal rows too); then take each
-    source's mixture share (weight, max_rows) and (SFT) mix in refusal rows at data.safety.fraction.
+    Per source: read and validate (on_bad_rows), skip its first `offset` rows, drop held-out
+    categories; across sources: drop exact duplicates, decontaminate against every eval set (refusal
+    rows too); then take each source's mixture share (weight, max_rows) and (SFT) mix in refusal rows
+    at data.safety.fraction.
     Raises DataError on a bad row (fail) or on contamination (decontaminate: fail).
     """
     d = cfg.data
@@ -91,6 +98,7 @@ def stage_rows(cfg, kind: str, extra: list | None = None, evals: dict | None = N
     per_source = []
     for src in sources(getattr(d, kind)) + list(extra or []):
         got, rep = load_source(kind, src, d.on_bad_rows)
+        got = got[getattr(src, "offset", 0) :]
         kept = [r for r in got if r["category"] not in heldout]
         if len(got) - len(kept):
             rep.dropped["heldout_category"] += len(got) - len(kept)

@@ -4,6 +4,7 @@ names, read and checked together before any compute. Done once per process."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from alignpipe.core.config import PipelineConfig
@@ -22,8 +23,9 @@ def load_and_validate(path: str, overrides: list[str]) -> PipelineConfig:
     """The config and every data file it names, checked together; ConfigError lists all problems.
 
     Prints, per source, its detected format and rows read/kept/dropped by reason, then per
-    training stage the rows left after dedup and decontamination. A second call with the same
-    recipe and overrides in this process returns the config checked the first time."""
+    training stage the rows left after dedup and decontamination, then the eval rows by check. A
+    second call with the same recipe and overrides in this process returns the config checked the
+    first time."""
     key = (str(path), tuple(overrides), tuple(os.environ.get(k) for k in _ENV))
     if key in _validated and _validated[key][0] == _files_state(_validated[key][1]):
         return _validated[key][1]
@@ -59,6 +61,8 @@ def load_and_validate(path: str, overrides: list[str]) -> PipelineConfig:
         for kind in ("sft", "preference"):
             rows, report = mixture.stage_rows(cfg, kind, evals=evals)
             print(_stage_summary(kind, rows, report))
+        checks = Counter(r["check"] for r in mixture.eval_rows(cfg))
+        print(f"eval: {checks.total()} rows scored (" + ", ".join(f"{n} {c}" for c, n in sorted(checks.items())) + ")")
     except DataError as e:
         raise ConfigError([str(e)]) from None
     _validated[key] = (_files_state(cfg), cfg)
