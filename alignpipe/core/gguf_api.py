@@ -90,7 +90,7 @@ def _header_problem(path: str, size: int, mtime_ns: int) -> str | None:
 def _supported_architectures() -> list[str]:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    return sorted(GGUF_SUPPORTED_ARCHITECTURES)
+    return sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # those two are not models
 
 
 def convert(source: str, path: Path, sha256: str, out: Path) -> None:
