@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alignpipe.core.config import LoraSection, StudentSpec
+from alignpipe.core.config import LoraSection, ModelSection, StudentSpec
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
 
@@ -274,3 +274,14 @@ def test_a_bad_student_spec_is_a_one_line_error(student, fragment):
     problems = problems_of([f"distill.student={student}"])
     assert has(problems, fragment), problems
 
+
+def test_truncation_checks_layers_on_the_config_before_any_weights(tmp_path):
+    """A hub id's layer count is only known from its config: `truncated` checks it before loading."""
+    from transformers import LlamaConfig
+
+    from alignpipe.training import models
+
+    LlamaConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2).save_pretrained(tmp_path / "m")
+    with pytest.raises(models.ModelSourceError, match=r"has 4\); set distill.student.layers between 1 and 3"):
+        models.truncated(str(tmp_path / "m"), 4, ModelSection(), tmp_path / "cache")  # no weights: none read
+    assert not (tmp_path / "cache").exists()
