@@ -116,7 +116,7 @@ def test_logits_mode_trains_the_student_on_the_teachers_distributions(state, tea
 def test_a_student_cut_to_the_teachers_first_layers_trains_sft_only_and_distilled(state, teacher):
     """`distill.student: {from: tiny-llama, layers: 2}`: student_sft and distill both train the first
     2 of tiny-llama's 4 layers (a few steps each); a different k is a different stage identity."""
-    short = ["sft.max_steps=4", "sft.save_steps=2", "distill.mode=sequence"]
+    short = ["sft.max_steps=4", "sft.save_steps=2", "distill.mode=sequence", "data.sft.max_rows=64"]
     cfg = _cfg(*short, "distill.student={from: tiny-llama, layers: 2}")
     upstream = {"teacher": teacher, "template": "alpaca"}  # no earlier results: the rest comes off the recipe
 
