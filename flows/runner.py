@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alignpipe import tracking
-from alignpipe.core.config import DISTILL_LABELS, PipelineConfig
+from alignpipe.core.config import DISTILL_LABELS, PipelineConfig, StudentSpec
 from alignpipe.core.files import FileLock, content_digest, written_as_path
 from alignpipe.core.recipe import load_config
 from alignpipe.core.registry import METHODS, STAGES, Stage, StagePolicy, entry, launchable, stage_of
@@ -182,7 +182,7 @@ def _value(cfg: PipelineConfig, sources: tuple[str, ...], lookup: Lookup, soft: 
         if key:  # config:KEY or model:KEY
             value = _config_value(cfg, key)
             if value:
-                return models.named_source(cfg, value) if kind == "model" else value
+                return _model(cfg, value) if kind == "model" else value
             continue
         stage, _, field = source.partition(".")
         found = lookup(stage, soft)
@@ -192,6 +192,14 @@ def _value(cfg: PipelineConfig, sources: tuple[str, ...], lookup: Lookup, soft: 
         if found is not None:
             return _field(found, field)
     return None
+
+
+def _model(cfg: PipelineConfig, value: str | StudentSpec) -> str:
+    """A loadable location for a model the recipe names; a StudentSpec's is its truncated copy."""
+    if isinstance(value, StudentSpec):
+        source = models.named_source(cfg, value.from_)
+        return str(models.truncated(source, value.layers, cfg.model, models.cache_dir(cfg)))
+    return models.named_source(cfg, value)
 
 
 def _config_value(cfg: PipelineConfig, key: str) -> Any:

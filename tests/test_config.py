@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alignpipe.core.config import LoraSection
+from alignpipe.core.config import LoraSection, ModelSection, StudentSpec
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
 
@@ -242,3 +242,46 @@ def test_hub_ids_are_not_mistaken_for_missing_files():
     )
     assert cfg.sft.model_path == "Qwen/Qwen2.5-0.5B"
     assert cfg.model.candidates[0].name == "SmolLM2-360M"
+
+
+# -- a student cut from a larger model: distill.student: {from: <model>, layers: k} -------------
+
+
+def test_student_from_a_model_parses_with_its_from_key(recipe):
+    big = recipe.parent / "big"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps({"num_hidden_layers": 3}))
+    recipe.write_text(recipe.read_text() + "distill:\n  student: {from: ./big, layers: 2}\n")
+    cfg = load_config(recipe)
+    assert cfg.distill.student == StudentSpec(from_=str(big.resolve()), layers=2)  # resolved against the YAML
+    problems = problems_of(["distill.student.layers=3"], recipe)  # its dir's config.json: 3 layers
+    assert has(problems, f"'distill.student.layers' must be between 1 and 2 ({big.resolve()} has 3 decoder layers)")
+    assert load_config(TINY, ["distill.student=tiny-qwen"]).distill.student == "tiny-qwen"  # a name stays a name
+
+
+@pytest.mark.parametrize(
+    "student, fragment",
+    [  # tiny-llama: 4 layers in configs/tiny.yaml
+        ("{from: tiny-llama, layers: 4}", "between 1 and 3 (tiny-llama has 4 decoder layers), got 4"),
+        ("{from: tiny-llama, layers: 0}", "'distill.student.layers' must be between 1 and 3"),
+        ("{from: tiny-llama}", "'distill.student.layers' is required"),
+        ("{layers: 2}", "'distill.student.from' is required"),
+        ("{from_: tiny-llama, layers: 2}", "unknown key 'distill.student.from_'; did you mean 'distill.student.from'"),
+        ("{from: tiny-llama, layers: 2, keep: 1}", "unknown key 'distill.student.keep'"),
+    ],
+)
+def test_a_bad_student_spec_is_a_one_line_error(student, fragment):
+    problems = problems_of([f"distill.student={student}"])
+    assert has(problems, fragment), problems
+
+
+def test_truncation_checks_layers_on_the_config_before_any_weights(tmp_path):
+    """A hub id's layer count is only known from its config: `truncated` checks it before loading."""
+    from transformers import LlamaConfig
+
+    from alignpipe.training import models
+
+    LlamaConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2).save_pretrained(tmp_path / "m")
+    with pytest.raises(models.ModelSourceError, match=r"has 4\); set distill.student.layers between 1 and 3"):
+        models.truncated(str(tmp_path / "m"), 4, ModelSection(), tmp_path / "cache")  # no weights: none read
+    assert not (tmp_path / "cache").exists()

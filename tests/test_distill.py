@@ -9,10 +9,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from alignpipe.core.config import DISTILL_LABELS
 from alignpipe.core.recipe import load_config
+from alignpipe.flows import runner
 from alignpipe.flows.runner import run_stage
 from alignpipe.stages.distill import check_pair
 from alignpipe.training import models
@@ -110,6 +111,30 @@ def test_logits_mode_trains_the_student_on_the_teachers_distributions(state, tea
     run = mlflow.get_run(result.run_id)
     assert run.data.params["trainer"] == trainer and run.data.params["mode"] == "logits"
     assert result.metrics["global_step"] == 4 and result.data_path is None
+
+
+def test_a_student_cut_to_the_teachers_first_layers_trains_sft_only_and_distilled(state, teacher):
+    """`distill.student: {from: tiny-llama, layers: 2}`: student_sft and distill both train the first
+    2 of tiny-llama's 4 layers (a few steps each); a different k is a different stage identity."""
+    short = ["sft.max_steps=4", "sft.save_steps=2", "distill.mode=sequence", "data.sft.max_rows=64"]
+    cfg = _cfg(*short, "distill.student={from: tiny-llama, layers: 2}")
+    upstream = {"teacher": teacher, "template": "alpaca"}  # no earlier results: the rest comes off the recipe
+
+    def inputs(c, stage):
+        return runner.resolve(c, stage, lambda name, soft: None, upstream if stage == "distill" else None)
+
+    base = inputs(cfg, "student_sft")["base"]
+    assert json.loads((Path(base) / "student.json").read_text())["layers"] == 2
+    twin = run_stage(cfg, "student_sft", inputs(cfg, "student_sft"))
+    assert inputs(cfg, "distill")["student"] == base == twin.lineage["base_model"]
+    result = run_stage(cfg, "distill", inputs(cfg, "distill"))
+    assert result.lineage["student_model"] == base
+    assert result.details["student_parameters"] < result.details["teacher_parameters"]
+    for path in (base, twin.model_path, result.model_path):
+        assert AutoConfig.from_pretrained(path).num_hidden_layers == 2
+    three = _cfg(*short, "distill.student={from: tiny-llama, layers: 3}")
+    for stage in ("student_sft", "distill"):
+        assert runner.identity(cfg, stage, inputs(cfg, stage)) != runner.identity(three, stage, inputs(three, stage))
 
 
 def test_a_different_tokenizer_in_logits_mode_says_what_to_do(state, teacher, tmp_path):

@@ -212,6 +212,15 @@ class EvaluateSection:
 
 
 @dataclass
+class StudentSpec:
+    """A student cut from a larger model (`distill.student: {from: <model>, layers: k}`): its first
+    `layers` decoder layers, with its embeddings, final norm and LM head."""
+
+    from_: str | None = field(default=None, metadata={"key": "from"})  # a candidates name, model dir or hub id
+    layers: int | None = None  # decoder layers kept: 1 <= layers < the source's
+
+
+@dataclass
 class DistillSection:
     """Teacher-to-student distillation (`distill` stage). The student is trained twice on the same
     SFT data: SFT-only (`student_sft`) and distilled (`student_distill`); evaluate scores both
@@ -227,7 +236,9 @@ class DistillSection:
     enabled: bool = False
     mode: str = "sequence"  # sequence | logits
     teacher: str | None = None  # hub id or model dir; default: this pipeline's SFT model
-    student: str | None = None  # a model.candidates name, a model dir or hub id; default: the selected base
+    # a model.candidates name, a model dir or hub id, or {from: <one of those>, layers: k} (its first k
+    # decoder layers); default: the selected base
+    student: str | StudentSpec | None = None
     start: str = "sft"  # logits: distil into the student's SFT model (sft) or its base (base)
     lmbda: float = 1.0  # logits: share of on-policy batches (1: DistillationTrainer; < 1: GKDTrainer)
     self_instruct: bool = True  # sequence: the teacher also answers the Self-Instruct prompts, when enabled

@@ -31,7 +31,7 @@ from alignpipe.core.recipe_checks import check
 from alignpipe.core.registry import METHODS
 
 # Keys whose relative values are file paths, resolved against the YAML file's folder.
-_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator", "teacher", "student"}
+_PATH_KEYS = {"path", "deepspeed", "model_path", "hostfile", "seed_tasks", "generator", "teacher", "student", "from"}
 
 # Keys that left the recipe, and where they went.
 MOVED = {"orchestration.retrain_cron": ": the retrain schedule is in prefect.yaml now (`schedules` of `full`)"}
@@ -259,7 +259,11 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
         problems.append(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {_typename(raw)}")
         return cls()
     hints = typing.get_type_hints(cls)
-    own = {f.name: f for f in dataclasses.fields(cls) if f.name != "trl" and not f.metadata.get("internal")}
+    own = {  # by YAML key: a field's own name, or `key` in its metadata (`from`, a Python keyword)
+        f.metadata.get("key", f.name): f
+        for f in dataclasses.fields(cls)
+        if f.name != "trl" and not f.metadata.get("internal")
+    }
     method = raw.get("method") if isinstance(raw.get("method"), str) else "dpo"  # a bad one is reported later
     passthrough = _passthrough_fields(cls, method)
     kwargs: dict[str, Any] = {}
@@ -271,7 +275,8 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str], where: str) ->
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key in own:
-            kwargs[key] = _over_default(own[key], _coerce(hints[key], value, dotted, problems, where), value)
+            f = own[key]
+            kwargs[f.name] = _over_default(f, _coerce(hints[f.name], value, dotted, problems, where), value)
         elif passthrough and key in passthrough[1]:
             trl_kwargs[key] = value
         else:

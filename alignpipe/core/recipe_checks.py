@@ -28,6 +28,7 @@ from alignpipe.core.config import (
     TEMPLATES,
     PipelineConfig,
     StagePolicy,
+    StudentSpec,
 )
 from alignpipe.core.files import written_as_path
 from alignpipe.core.registry import METHODS
@@ -346,6 +347,29 @@ def _check_lora(key: str, lora, bad) -> None:
         )
 
 
+def _check_student_layers(cfg: PipelineConfig, spec: StudentSpec, bad) -> None:
+    """`distill.student.layers` is >= 1 and below its source's decoder layers, as its tiny spec or its
+    dir's config.json says (a hub id's is checked when its config is fetched, before its weights)."""
+    if spec.layers is None:
+        bad("distill.student.layers", "is required: how many of the source's first decoder layers the student keeps")
+        return
+    if not isinstance(spec.layers, int):
+        return
+    cand = next((c for c in cfg.model.candidates if c is not None and c.name == spec.from_), None)
+    total = None
+    if cand is not None and cand.tiny is not None:
+        total = cand.tiny.num_layers
+    elif spec.from_:
+        try:
+            config = json.loads((Path(cand.path if cand else spec.from_).expanduser() / "config.json").read_text())
+            total = config.get("text_config", config).get("num_hidden_layers")
+        except (OSError, ValueError, AttributeError):
+            pass  # not a local dir: a hub id
+    if spec.layers < 1 or (isinstance(total, int) and spec.layers >= total):
+        upto = f"between 1 and {total - 1} ({spec.from_} has {total} decoder layers)" if total else ">= 1"
+        bad("distill.student.layers", f"must be {upto}, got {spec.layers}")
+
+
 def _check_distill(cfg: PipelineConfig, bad) -> None:
     d = cfg.distill
     if d.mode not in DISTILL_MODES:
@@ -364,13 +388,19 @@ def _check_distill(cfg: PipelineConfig, bad) -> None:
         "to distil this pipeline's SFT model)",
     )
     names = [c.name for c in cfg.model.candidates if c is not None]
-    if d.enabled and d.student and d.student not in names:  # a candidate name means this recipe's candidates
-        if written_as_path(d.student) or gguf_api.is_gguf(d.student):
-            _check_model("distill.student", d.student, bad, f"model directory {d.student} does not exist")
-        elif "/" not in d.student:
+    student, key = d.student, "distill.student"
+    if isinstance(d.student, StudentSpec):
+        student, key = d.student.from_, "distill.student.from"
+        _check_student_layers(cfg, d.student, bad)
+    if isinstance(d.student, StudentSpec) and not student:
+        bad(key, "is required: the model whose first layers make the student (a candidates name, model dir or hub id)")
+    elif d.enabled and student and student not in names:  # a candidate name means this recipe's candidates
+        if written_as_path(student) or gguf_api.is_gguf(student):
+            _check_model(key, student, bad, f"model directory {student} does not exist")
+        elif "/" not in student:
             bad(
-                "distill.student",
-                f"{d.student!r} is not a model.candidates name ({', '.join(names) or 'none'}), "
+                key,
+                f"{student!r} is not a model.candidates name ({', '.join(names) or 'none'}), "
                 "a model dir or a hub id (org/name)",
             )
     for key, ours in _DISTILL_OWNED.items():

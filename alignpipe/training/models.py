@@ -26,6 +26,7 @@ from alignpipe.core.files import atomic_dir, file_digest, file_lock
 from alignpipe.data import demo, templates
 
 BUILDER_VERSION = "2"  # bump when the tiny builder's output would change
+STUDENT_VERSION = "1"  # bump when a truncated student's output would change
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD, EOS = "<|pad|>", "<|im_end|>"
 # ChatML with {% generation %} markers, so TRL can put the loss on assistant turns only.
@@ -178,6 +179,48 @@ def count_parameters(source: str, model: ModelSection) -> int:
     except Exception as e:
         raise ModelSourceError(_cannot_load(source, e)) from None
     return sum(p.numel() for p in m.parameters())
+
+
+def truncated(source: str, layers: int, model: ModelSection, cache: Path) -> Path:
+    """A model dir of `source`'s first `layers` decoder layers with its embeddings, final norm and LM
+    head (tied embeddings stay tied) and its tokenizer, plus `student.json` naming both. Built once
+    into `cache`, keyed by the source's weights (a hub id by its name), `layers` and the dtype."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    except Exception as e:
+        raise ModelSourceError(_cannot_load(source, e)) from None
+    total = config.get_text_config().num_hidden_layers
+    if not 1 <= layers < total:  # the config alone: no weights are read
+        raise ModelSourceError(
+            f"{source}: cannot keep its first {layers} decoder layers (it has {total}); "
+            f"set distill.student.layers between 1 and {total - 1}"
+        )
+    local = Path(source)
+    files = [*sorted(local.glob("*.safetensors")), local / "config.json"] if local.is_dir() else []
+    origin = [[f.name, file_digest(f)] for f in files] or source
+    out = cache / f"student-{local.name}-{layers}of{total}-{_digest([STUDENT_VERSION, origin, layers, model.dtype])}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache / f".{out.name}.lock", f"waiting for another process building {out.name}"):
+        if (out / "student.json").is_file():
+            return out
+        m = load_model(source, model)
+        decoder = m.get_decoder()
+        decoder.layers = torch.nn.ModuleList(decoder.layers[:layers])
+        text = m.config.get_text_config()
+        text.num_hidden_layers = layers
+        for name, value in list(vars(text).items()):  # per-layer lists: layer_types, no_rope_layers, ...
+            if "layer" in name and isinstance(value, list) and len(value) == total:
+                setattr(text, name, value[:layers])
+        parameters = sum(p.numel() for p in m.parameters())
+        print(f"student: {source}'s first {layers} of {total} decoder layers, {parameters:,} parameters -> {out}")
+        with atomic_dir(out, replace=False) as tmp:
+            m.save_pretrained(tmp)
+            load_tokenizer(source, model).save_pretrained(tmp)
+            facts = {"source": source, "layers": layers, "source_layers": total, "parameters": parameters}
+            (tmp / "student.json").write_text(json.dumps(facts, indent=2))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
