@@ -1,4 +1,6 @@
-"""The progress printer (alignpipe.core.progress)."""
+"""The progress printer (alignpipe.core.progress) and the flow's stdout copy into the Prefect run log."""
+
+import logging
 
 import pytest
 
@@ -81,3 +83,31 @@ def test_only_rank_zero_prints(clock, capsys, monkeypatch):
         clock.now += 30
         p.advance(2)
     assert capsys.readouterr().out == ""
+
+
+def test_task_output_reaches_the_run_log_once(monkeypatch, capsys):
+    """A line a task prints shows once on stdout and goes to the run logger's own (API) handler only,
+    not on to the root logger's console handler, which would print it a second time."""
+    from alignpipe.flows import pipeline
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    api, console = Keep(), Keep()
+    run_logger = logging.getLogger("test_progress.task_runs")
+    run_logger.setLevel(logging.INFO)
+    monkeypatch.setattr(run_logger, "handlers", [api])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [console])
+    monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.LoggerAdapter(run_logger, {"task_run_id": "t"}))
+    with pipeline.stdout_to_prefect():
+        print("sft: a stage line")
+        print({"loss": 1.0, "epoch": 0.5})  # what the trainer's ProgressCallback writes through tqdm.write
+        print("\n\ntail", end="")
+    assert capsys.readouterr().out == "sft: a stage line\n{'loss': 1.0, 'epoch': 0.5}\n\n\ntail"
+    assert api.messages == ["sft: a stage line", "{'loss': 1.0, 'epoch': 0.5}", "tail"]
+    assert console.messages == []
