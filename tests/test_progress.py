@@ -77,11 +77,15 @@ def test_step_prints_start_and_done_or_failed(clock, capsys):
     ]
 
 
-def test_only_rank_zero_prints(clock, capsys, monkeypatch):
+def test_only_rank_zero_and_a_label_print(clock, capsys, monkeypatch):
+    for label in ("", None):  # a caller that is silent here (scoring inside a training step)
+        with progress.Progress(label, total=2) as p:
+            clock.now += 30
+            p.advance()
     monkeypatch.setenv("RANK", "1")
     with progress.Progress("dpo: reference log-probs", total=2) as p:
         clock.now += 30
-        p.advance(2)
+        p.advance()
     assert capsys.readouterr().out == ""
 
 

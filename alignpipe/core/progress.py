@@ -11,7 +11,8 @@
 Lines: `<label> ...` as it starts; `<label>: 30/300 tensors (10%), 12s, ~1m48s left[, detail]` each
 time another 10% is done, at most one every 10 s and at least one a minute while it advances; then
 `<label>: done in 48.2s` (or `failed after 3.1s`, the exception going on). No bars, no carriage
-returns: every line reads the same in a terminal and a log. Only rank 0 of a launched job prints.
+returns: every line reads the same in a terminal and a log. Only rank 0 of a launched job prints; an
+empty label (or None) prints nothing (for a caller that is sometimes silent, as inside a training step).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def _duration(seconds: float) -> str:
 class Progress:
     """A step of `total` units (None: unknown) under `label`, reported by `advance` as a context manager."""
 
-    def __init__(self, label: str, total: int | None = None, unit: str = ""):
+    def __init__(self, label: str | None, total: int | None = None, unit: str = ""):
         self.label, self.total, self.unit = label, total, unit
         self.done, self.detail = 0, ""
-        self.quiet = os.environ.get("RANK", "0") != "0"
+        self.quiet = not label or os.environ.get("RANK", "0") != "0"
 
     def __enter__(self) -> Progress:
         self.started = self.last = _now()
@@ -78,7 +79,7 @@ class Progress:
             print(line, flush=True)
 
 
-def step(label: str) -> Progress:
+def step(label: str | None) -> Progress:
     """A step with no count to report: `with step("sft: saving the model"): ...` prints its start and
     `done in Xs`."""
     return Progress(label)
