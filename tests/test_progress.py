@@ -77,11 +77,13 @@ def test_step_prints_start_and_done_or_failed(clock, capsys):
     ]
 
 
-def test_only_rank_zero_and_a_label_print(clock, capsys, monkeypatch):
+def test_only_rank_zero_a_label_and_some_work_print(clock, capsys, monkeypatch):
     for label in ("", None):  # a caller that is silent here (scoring inside a training step)
         with progress.Progress(label, total=2) as p:
             clock.now += 30
             p.advance()
+    with progress.Progress("self_instruct: writing instances of 0 new instructions", total=0):
+        pass
     monkeypatch.setenv("RANK", "1")
     with progress.Progress("dpo: reference log-probs", total=2) as p:
         clock.now += 30

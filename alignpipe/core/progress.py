@@ -12,7 +12,8 @@ Lines: `<label> ...` as it starts; `<label>: 30/300 tensors (10%), 12s, ~1m48s l
 time another 10% is done, at most one every 10 s and at least one a minute while it advances; then
 `<label>: done in 48.2s` (or `failed after 3.1s`, the exception going on). No bars, no carriage
 returns: every line reads the same in a terminal and a log. Only rank 0 of a launched job prints; an
-empty label (or None) prints nothing (for a caller that is sometimes silent, as inside a training step).
+empty label (or None) prints nothing (for a caller that is sometimes silent, as inside a training step),
+nor does a total of 0 (nothing to do).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Progress:
     def __init__(self, label: str | None, total: int | None = None, unit: str = ""):
         self.label, self.total, self.unit = label, total, unit
         self.done, self.detail = 0, ""
-        self.quiet = not label or os.environ.get("RANK", "0") != "0"
+        self.quiet = not label or total == 0 or os.environ.get("RANK", "0") != "0"
 
     def __enter__(self) -> Progress:
         self.started = self.last = _now()
