@@ -245,8 +245,10 @@ def stdout_to_prefect() -> Iterator[None]:
 def to_run_log(run_logger: logging.LoggerAdapter, line: str) -> None:
     """One printed line to the run logger's own handlers (Prefect's API handler: the run log in the UI).
     Not `run_logger.info`: that record would also reach the root logger's console handler, which
-    prints it to stderr as well, so every line the task printed would show twice in the terminal."""
-    line = line.rstrip("\r")
+    prints it to stderr as well, so every line the task printed would show twice in the terminal.
+    A line a progress bar redrew with carriage returns (a launched job's tqdm) is logged as a terminal
+    shows it: its last part."""
+    line = line.rstrip("\r").rsplit("\r", 1)[-1]
     logger = run_logger.logger
     if not line.strip() or not logger.isEnabledFor(logging.INFO):
         return

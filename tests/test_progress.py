@@ -113,7 +113,9 @@ def test_task_output_reaches_the_run_log_once(monkeypatch, capsys):
     with pipeline.stdout_to_prefect():
         print("sft: a stage line")
         print({"loss": 1.0, "epoch": 0.5})  # what the trainer's ProgressCallback writes through tqdm.write
+        print(" 50%|#  | 1/2\r100%|###| 2/2\r")  # a launched rank's tqdm bar, stderr into stdout
         print("\n\ntail", end="")
-    assert capsys.readouterr().out == "sft: a stage line\n{'loss': 1.0, 'epoch': 0.5}\n\n\ntail"
-    assert api.messages == ["sft: a stage line", "{'loss': 1.0, 'epoch': 0.5}", "tail"]
+    out = "sft: a stage line\n{'loss': 1.0, 'epoch': 0.5}\n 50%|#  | 1/2\r100%|###| 2/2\r\n\n\ntail"
+    assert capsys.readouterr().out == out
+    assert api.messages == ["sft: a stage line", "{'loss': 1.0, 'epoch': 0.5}", "100%|###| 2/2", "tail"]
     assert console.messages == []
