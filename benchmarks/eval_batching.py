@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     def timed(size: int) -> tuple[float, list[str]]:
         start = time.perf_counter()
-        out = scoring.generate(model, tok, prompts, new_tokens, size)
+        out = scoring.generate(model, tok, prompts, new_tokens, size, label=None)
         return len(prompts) / (time.perf_counter() - start), out
 
     ratios = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -208,9 +209,9 @@ def compare_task(cfg: PipelineConfig, parent_run_id: str) -> str:
 
 @contextmanager
 def stdout_to_prefect() -> Iterator[None]:
-    """Copy each line the task prints (a stage's own output, a launched job's rank output) into
-    the Prefect run log, still printing it. Prefect's `log_prints` is not used: it also grabs
-    prints that libraries redirect on purpose (dill's disassembly capture)."""
+    """Copy each line the task prints (a stage's own output, a trainer's log lines, a launched job's
+    rank output) into the Prefect run log, still printing it. Prefect's `log_prints` is not used: it
+    also grabs prints that libraries redirect on purpose (dill's disassembly capture)."""
     logger, real = get_run_logger(), sys.stdout
 
     class Tee(io.TextIOBase):
@@ -221,8 +222,7 @@ def stdout_to_prefect() -> Iterator[None]:
             lines = (self.pending + text).split("\n")
             self.pending = lines.pop()
             for line in lines:
-                if line.strip():
-                    logger.info(line.rstrip("\r"))
+                to_run_log(logger, line)
             return len(text)
 
         def flush(self) -> None:
@@ -238,9 +238,25 @@ def stdout_to_prefect() -> Iterator[None]:
     try:
         yield
     finally:
-        if tee.pending.strip():
-            logger.info(tee.pending)
+        to_run_log(logger, tee.pending)
         sys.stdout = real
+
+
+def to_run_log(run_logger: logging.LoggerAdapter, line: str) -> None:
+    """One printed line to the run logger's own handlers (Prefect's API handler: the run log in the UI).
+    Not `run_logger.info`: that record would also reach the root logger's console handler, which
+    prints it to stderr as well, so every line the task printed would show twice in the terminal.
+    A line a progress bar redrew with carriage returns (a launched job's tqdm) is logged as a terminal
+    shows it: its last part."""
+    line = line.rstrip("\r").rsplit("\r", 1)[-1]
+    logger = run_logger.logger
+    if not line.strip() or not logger.isEnabledFor(logging.INFO):
+        return
+    msg, kwargs = run_logger.process(line, {})
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, msg, (), None, extra=kwargs.get("extra"))
+    for handler in logger.handlers:
+        if record.levelno >= handler.level:
+            handler.handle(record)
 
 
 # -- run context -----------------------------------------------------------------------------------

@@ -132,7 +132,9 @@ def teacher_answers(
         prompts = [
             templates.generation_prompt(template, tok, r["instruction"], r["input"], r["history"]) for r in rows
         ]
-        answers = scoring.generate(model, tok, prompts, cfg.distill.max_new_tokens, cfg.evaluate.batch_size)
+        answers = scoring.generate(
+            model, tok, prompts, cfg.distill.max_new_tokens, cfg.evaluate.batch_size, "distill teacher"
+        )
         written = [
             {
                 "prompt_id": data.row_key(r),

@@ -111,9 +111,14 @@ def _score_seeds(cfg, template, rows, pairs, seen, per_seed, judges, n_seeds):
     runs, seed_tables, per_category, samples = [], [], {}, []
     for i in range(n_seeds):
         paths = {name: p[i] if len(p) > 1 else p[0] for name, p in per_seed.items()}
+        seed = f" (seed {i + 1} of {n_seeds})" if n_seeds > 1 else ""
         # Implicit rewards are measured against the SFT model a model was trained from: the
         # distilled student's against its own SFT-only twin, every other model's against `sft`.
-        refs = {r: _pair_logprobs(paths[r], cfg, template, pairs) for r in _REFERENCES if r in paths and pairs}
+        refs = {
+            r: _pair_logprobs(paths[r], cfg, template, pairs, f"evaluate {r}{seed}")
+            for r in _REFERENCES
+            if r in paths and pairs
+        }
         table, items, generations, scored = {}, {}, {}, {}
         for name, path in paths.items():
             if i and len(per_seed[name]) == 1:  # a model not trained per seed (the base) is scored once
@@ -127,14 +132,14 @@ def _score_seeds(cfg, template, rows, pairs, seen, per_seed, judges, n_seeds):
                 continue
             scored[path] = name
             metrics, cats, rows_out, items[name] = _score_model(
-                name, path, cfg, template, rows, pairs, seen, refs.get(_reference_of(name)), generations
+                name, path, cfg, template, rows, pairs, seen, refs.get(_reference_of(name)), generations, seed
             )
             table[name] = metrics
             per_category.setdefault(name, []).append(cats)
             if i == 0:
                 samples.extend(rows_out)
         if judges[i]:
-            _add_reward_model_scores(table, generations, judges[i], cfg, template, rows)
+            _add_reward_model_scores(table, generations, judges[i], cfg, template, rows, seed)
         runs.append(items)
         seed_tables.append(table)
     return runs, seed_tables, per_category, samples
@@ -147,8 +152,10 @@ def _reference_of(name: str) -> str:
     return "student_sft" if name.startswith("student_") else "sft"
 
 
-def _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations=None):
-    """(metrics, per-category accuracy, sample rows, per-item scores) of one model."""
+def _score_model(name, path, cfg, template, rows, pairs, seen, reference, generations=None, seed=""):
+    """(metrics, per-category accuracy, sample rows, per-item scores) of one model; `seed` ends its
+    progress label (` (seed 2 of 3)`)."""
+    label = f"evaluate {name}{seed}"
     model = load_model(path, cfg.model)
     model.eval()
     tok = load_tokenizer(path, cfg.model)
@@ -156,7 +163,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     prompts = [
         templates.generation_prompt(template, tok, r["instruction"], r["input"], r.get("history")) for r in rows
     ]
-    outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
+    outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size, label)
     if generations is not None:
         generations[name] = outputs
     correct = [graders.check(r, o) for r, o in zip(rows, outputs)]
@@ -164,7 +171,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
 
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
     scores = scoring.response_logprobs(
-        model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size
+        model, tok, [prompts[i] for i in task], [rows[i]["output"] for i in task], ev.batch_size, label
     )
     by_seen = {k: [s for i, s in zip(task, scores) if (rows[i]["category"] in seen) == k] for k in (True, False)}
     logprob, tokens = [0.0] * len(rows), [0] * len(rows)
@@ -187,10 +194,10 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
         "loss_seen": round(scoring.perplexity(by_seen[True])[0], 4) if by_seen[True] else None,
         "loss_heldout": round(scoring.perplexity(by_seen[False])[0], 4) if by_seen[False] else None,
     }
-    metrics.update(_format_robustness(model, tok, template, rows, correct, cfg))
+    metrics.update(_format_robustness(model, tok, template, rows, correct, cfg, label))
     if pairs:
         is_reference = name == _reference_of(name) and reference is not None  # already scored as the reference
-        chosen, rejected = reference if is_reference else _pair_logprobs(path, cfg, template, pairs, model, tok)
+        chosen, rejected = reference if is_reference else _pair_logprobs(path, cfg, template, pairs, label, model, tok)
         items["margin"] = [c - r for c, r in zip(chosen, rejected)]
         if reference is not None:
             rc, rr = reference
@@ -210,7 +217,7 @@ def _score_model(name, path, cfg, template, rows, pairs, seen, reference, genera
     return metrics, {c: round(a, 4) for c, a in cat_acc.items()}, samples, items
 
 
-def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
+def _format_robustness(model, tok, template, rows, correct, cfg, label: str) -> dict:
     """Accuracy on up to formats.robustness_rows exact-check prompts under each unseen template."""
     task = [i for i, r in enumerate(rows) if r["check"] == "exact"]
     picked = [task[j] for j in _spread([rows[i] for i in task], cfg.formats.robustness_rows)]
@@ -224,7 +231,8 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
             )
             for i in picked
         ]
-        outputs = scoring.generate(model, tok, prompts, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size)
+        ev = cfg.evaluate
+        outputs = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size, f"{label}, {name} format")
         out[f"format_acc_{name}"] = _mean(graders.check(rows[i], o) for i, o in zip(picked, outputs))
     robust = _mean(out.values())
     out["format_robust_acc"] = robust
@@ -232,14 +240,14 @@ def _format_robustness(model, tok, template, rows, correct, cfg) -> dict:
     return out
 
 
-def _add_reward_model_scores(table, generations, reward_model, cfg, template, rows) -> None:
+def _add_reward_model_scores(table, generations, reward_model, cfg, template, rows, seed: str) -> None:
     """rm_score per model and, against the SFT model's answers, rm_win_rate (ties count half)."""
     scorer = load_scorer(reward_model, cfg.model)
     scorer.eval()
     tok = load_tokenizer(reward_model, cfg.model)
     prompts = [templates.generation_prompt(template, tok, r["instruction"], r["input"]) for r in rows]
     scores = {
-        name: scoring.reward_scores(scorer, tok, prompts, outputs, cfg.evaluate.batch_size)
+        name: scoring.reward_scores(scorer, tok, prompts, outputs, cfg.evaluate.batch_size, f"evaluate {name}{seed}")
         for name, outputs in generations.items()
     }
     for name, s in scores.items():
@@ -250,7 +258,7 @@ def _add_reward_model_scores(table, generations, reward_model, cfg, template, ro
             )
 
 
-def _pair_logprobs(path, cfg, template, pairs, model=None, tok=None):
+def _pair_logprobs(path, cfg, template, pairs, label: str, model=None, tok=None):
     """Summed log-probs of the chosen and the rejected answer of each pair."""
     if model is None:
         model = load_model(path, cfg.model)
@@ -260,8 +268,10 @@ def _pair_logprobs(path, cfg, template, pairs, model=None, tok=None):
         templates.generation_prompt(template, tok, p["instruction"], p["input"], p.get("history")) for p in pairs
     ]
     bs = cfg.evaluate.batch_size
-    chosen = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["chosen"] for p in pairs], bs)]
-    rejected = [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p["rejected"] for p in pairs], bs)]
+    chosen, rejected = (
+        [s for s, _ in scoring.response_logprobs(model, tok, prompts, [p[k] for p in pairs], bs, f"{label}, {k}")]
+        for k in ("chosen", "rejected")
+    )
     return chosen, rejected
 
 

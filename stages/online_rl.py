@@ -82,6 +82,6 @@ def _reward_function(scorer, tok, batch_size: int):
         if prompts and isinstance(prompts[0], list):  # chat template: message lists
             prompts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
             completions = [c[-1]["content"] for c in completions]
-        return scoring.reward_scores(scorer, tok, prompts, completions, batch_size)
+        return scoring.reward_scores(scorer, tok, prompts, completions, batch_size, label=None)  # once a step
 
     return reward_model

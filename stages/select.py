@@ -104,9 +104,11 @@ def _score(cand, cfg: PipelineConfig, rows: list[dict]) -> dict:
     tok = models.load_tokenizer(source, cfg.model)
     ppl_rows = rows[: cfg.select.perplexity_rows]
     prompts = [templates.plain_prompt(r["instruction"], r["input"]) for r in ppl_rows]
-    _, ppl = scoring.perplexity(scoring.response_logprobs(model, tok, prompts, [r["output"] for r in ppl_rows]))
+    label = f"select {cand.name}"
+    scores = scoring.response_logprobs(model, tok, prompts, [r["output"] for r in ppl_rows], label=label)
+    _, ppl = scoring.perplexity(scores)
     gen_rows = rows[: cfg.select.generation_rows]
-    outputs = scoring.generate(model, tok, prompts[: len(gen_rows)], cfg.select.max_new_tokens)
+    outputs = scoring.generate(model, tok, prompts[: len(gen_rows)], cfg.select.max_new_tokens, label=label)
     f1 = sum(token_f1(o.split("\n")[0], r["output"]) for o, r in zip(outputs, gen_rows)) / max(len(gen_rows), 1)
     entry.update(perplexity=round(ppl, 4), generation_f1=round(f1, 4), seconds=round(time.time() - started, 1))
     return entry

@@ -19,6 +19,7 @@ import re
 import torch
 
 from alignpipe import data, tracking
+from alignpipe.core import progress
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.files import file_digest
 from alignpipe.core.result import StageResult
@@ -114,31 +115,33 @@ def parse_instance(text: str) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def sample(model, tok, prompts: list[str], si, seed: int) -> list[tuple[str, bool]]:
+def sample(model, tok, prompts: list[str], si, seed: int, label: str = "") -> list[tuple[str, bool]]:
     """(continuation, whether it hit max_new_tokens) per prompt; sampled with temperature/top_p,
-    each prompt cut from the left to fit the context."""
+    each prompt cut from the left to fit the context. Progress is printed under `label`."""
     limit = getattr(model.config, "max_position_embeddings", 2048) - si.max_new_tokens
     torch.manual_seed(seed)
     out = []
-    for prompt in prompts:
-        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -limit:].to(model.device)
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=si.max_new_tokens,
-            do_sample=True,
-            temperature=si.temperature,
-            top_p=si.top_p,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        new = gen[0, ids.shape[1] :]
-        out.append(
-            (
-                tok.decode(new, skip_special_tokens=True),
-                len(new) >= si.max_new_tokens and new[-1].item() != tok.eos_token_id,
+    with progress.Progress(label, len(prompts), "prompts") as prog:
+        for prompt in prompts:
+            ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -limit:].to(model.device)
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=si.max_new_tokens,
+                do_sample=True,
+                temperature=si.temperature,
+                top_p=si.top_p,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
             )
-        )
+            new = gen[0, ids.shape[1] :]
+            out.append(
+                (
+                    tok.decode(new, skip_special_tokens=True),
+                    len(new) >= si.max_new_tokens and new[-1].item() != tok.eos_token_id,
+                )
+            )
+            prog.advance()
     return out
 
 
@@ -187,7 +190,11 @@ def run_self_instruct(cfg: PipelineConfig, generator: str) -> StageResult:
                 shown_sets.append(shown)
                 prompts.append(instructions_prompt([s["instruction"] for s in shown]))
             kept_now = []
-            for shown, (text, truncated) in zip(shown_sets, sample(model, tok, prompts, si, cfg.seed + rnd)):
+            at = f"self_instruct: round {rnd} of {si.rounds}"
+            proposals = sample(
+                model, tok, prompts, si, cfg.seed + rnd, f"{at}: proposing instructions from {len(prompts)} prompts"
+            )
+            for shown, (text, truncated) in zip(shown_sets, proposals):
                 for cand in parse_instructions(text, truncated):
                     counts["proposed"] += 1
                     why = instruction_problem(cand, si.min_words, si.max_words)
@@ -206,6 +213,7 @@ def run_self_instruct(cfg: PipelineConfig, generator: str) -> StageResult:
                 [instance_prompt(e, k["instruction"]) for e, k in zip(examples, kept_now)],
                 si,
                 cfg.seed + 1000 + rnd,
+                f"{at}: writing instances of {len(kept_now)} new instructions",
             )
             for k, (reply, _) in zip(kept_now, replies):
                 inp, output = parse_instance(reply)

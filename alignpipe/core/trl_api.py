@@ -13,6 +13,7 @@ import enum
 import functools
 import importlib
 import json
+import math
 import os
 import tempfile
 import types
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 
-from alignpipe.core import ppo_api
+from alignpipe.core import ppo_api, progress
+from alignpipe.core.files import env_override
 
 # trl.experimental is used knowingly (pinned trl==1.12.0): no warning on every import.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -292,11 +294,14 @@ class PackedRowsCollator:
 def _precomputing(cls: type) -> type:
     """`cls` whose `_precompute_ref_logps(dataset, name, batch_size)` (trl 1.12: DPOTrainer and
     KTOTrainer, from __init__ and evaluate; it returns the tokenized dataset plus the reference
-    columns, which the loss reads from each batch) goes through the cache, and works on several ranks."""
+    columns, which the loss reads from each batch) goes through the cache, and works on several ranks.
+    A pass it computes reports its batches through alignpipe.core.progress instead of TRL's tqdm bar."""
     from accelerate.utils import gather_object
     from datasets import concatenate_datasets
 
     class Precomputing(cls):
+        _ref_progress: progress.Progress | None = None  # the reference pass in progress
+
         def __init__(self, *args, ref_logps_cache, **kwargs):
             self.ref_logps_cache = ref_logps_cache  # before super(): its __init__ precomputes
             super().__init__(*args, **kwargs)
@@ -320,11 +325,24 @@ def _precomputing(cls: type) -> type:
                 shared = Path(self.args.output_dir) / "ref_logps_tmp"
                 shared.mkdir(parents=True, exist_ok=True)
                 dataset._get_cache_file_path = lambda fingerprint: str(shared / f"cache-{fingerprint}.arrow")
-            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            batches = math.ceil(len(dataset) / (batch_size * self.accelerator.num_processes))
+            label = f"reference log-probs for {name}: computing {len(dataset)} rows (batch {batch_size})"
+            self._ref_progress = progress.Progress(label, batches, "batches")
+            try:
+                with self._ref_progress, env_override({"TQDM_DISABLE": "1"}):
+                    out = super()._precompute_ref_logps(dataset, name, batch_size)
+            finally:
+                self._ref_progress = None
             if store is not None and self.accelerator.is_main_process:
                 store.save(
                     name, inputs, out.select_columns([c for c in out.column_names if c not in dataset.column_names])
                 )
+            return out
+
+        def compute_ref_log_probs(self, model, inputs):
+            out = super().compute_ref_log_probs(model, inputs)
+            if self._ref_progress is not None:
+                self._ref_progress.advance()
             return out
 
     Precomputing.__name__ = Precomputing.__qualname__ = cls.__name__

@@ -25,7 +25,7 @@ from typing import Any
 import mlflow
 from transformers import TrainerCallback
 
-from alignpipe.core import gguf_api, processes, trl_api
+from alignpipe.core import gguf_api, processes, progress, trl_api
 from alignpipe.core.config import PipelineConfig
 from alignpipe.core.files import env_override, file_digest, file_lock
 
@@ -393,7 +393,10 @@ def log_model(model_dir: str | Path, name: str, params: dict[str, Any] | None = 
     client = mlflow.MlflowClient()
     try:
         if weights and Path(model_dir).is_dir():
-            client.log_model_artifacts(model.model_id, str(model_dir))
+            mib = sum(f.stat().st_size for f in Path(model_dir).rglob("*") if f.is_file()) / 2**20
+            label = f"{name}: logging the model's files to MLflow ({mib:,.0f} MiB)" if mib >= 100 else ""  # else quick
+            with progress.step(label):
+                client.log_model_artifacts(model.model_id, str(model_dir))
     except BaseException:
         mlflow.finalize_logged_model(model.model_id, "FAILED")
         raise

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from alignpipe.core import gguf_api
+from alignpipe.core import gguf_api, progress
 from alignpipe.core.config import Candidate, ModelSection, PipelineConfig, TinySpec
 from alignpipe.core.files import atomic_dir, file_digest, file_lock
 from alignpipe.data import demo, templates
@@ -89,11 +89,9 @@ def from_gguf(source: str, root: Path) -> Path:
     with file_lock(root / "gguf" / f".{out.name}.lock", f"model: waiting for another process converting {path.name}"):
         if not (out / "config.json").is_file():
             mb = path.stat().st_size / 2**20
-            print(f"model: converting {path.name} ({mb:.0f} MiB, sha256 {sha[:12]}) to an fp32 model dir", flush=True)
-            started = time.time()
-            with atomic_dir(out, replace=False) as tmp:
+            label = f"model: converting {path.name} ({mb:.0f} MiB, sha256 {sha[:12]}) to an fp32 model dir"
+            with progress.step(label), atomic_dir(out, replace=False) as tmp:
                 gguf_api.convert(source, path, sha, tmp)
-            print(f"model: converted {path.name} in {time.time() - started:.0f} s into {out}", flush=True)
     return out
 
 
@@ -277,10 +275,18 @@ def build_tiny(spec: TinySpec, root: Path) -> Path:
 def _build_tiny(spec: TinySpec, root: Path, corpus: list[str], out: Path) -> None:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(build_tokenizer(spec.vocab_size, root, corpus))
-    model = _init_model(spec, tok)
-    started = time.time()
-    losses = _pretrain(model, tok, corpus, spec)
+    name = f"tiny-{spec.arch}-{spec.hidden_size}x{spec.num_layers}"
+    with progress.Progress(
+        f"model: building {name} (pretraining {spec.pretrain_steps} steps)", spec.pretrain_steps, "steps"
+    ) as p:
+        tok = AutoTokenizer.from_pretrained(build_tokenizer(spec.vocab_size, root, corpus))
+        model = _init_model(spec, tok)
+        started = time.time()
+        losses = _pretrain(model, tok, corpus, spec, p)
+        _save_tiny(spec, corpus, out, tok, model, losses, time.time() - started)
+
+
+def _save_tiny(spec: TinySpec, corpus: list[str], out: Path, tok, model, losses: list[float], seconds: float) -> None:
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(EOS)
     model.generation_config.pad_token_id = tok.pad_token_id
     with atomic_dir(out, replace=False) as tmp:
@@ -293,7 +299,7 @@ def _build_tiny(spec: TinySpec, root: Path, corpus: list[str], out: Path) -> Non
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "pretrain_loss_first": losses[0],
                     "pretrain_loss_last": losses[-1],
-                    "pretrain_seconds": round(time.time() - started, 1),
+                    "pretrain_seconds": round(seconds, 1),
                     "corpus_texts": len(corpus),
                 },
                 indent=2,
@@ -323,8 +329,8 @@ def _init_model(spec: TinySpec, tok):
     return LlamaForCausalLM(LlamaConfig(**common))
 
 
-def _pretrain(model, tok, corpus: list[str], spec: TinySpec) -> list[float]:
-    """Plain causal-LM training on the corpus, packed into fixed-size blocks."""
+def _pretrain(model, tok, corpus: list[str], spec: TinySpec, steps: progress.Progress) -> list[float]:
+    """Plain causal-LM training on the corpus, packed into fixed-size blocks; each step advances `steps`."""
     rng = random.Random(spec.seed)
     texts = list(corpus)
     rng.shuffle(texts)
@@ -356,5 +362,6 @@ def _pretrain(model, tok, corpus: list[str], spec: TinySpec) -> list[float]:
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
+        steps.advance(detail=f"loss {losses[-1]:.3f}")
     model.eval()
     return losses
