@@ -98,8 +98,14 @@ def convert(source: str, path: Path, sha256: str, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf_logging.disable_progress_bar()  # its per-tensor bar: the caller reports the step once
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    finally:
+        hf_logging.enable_progress_bar()
     # save_pretrained refuses a model loaded from GGUF: rebuild it as a plain model with the same weights.
     config = loaded.config
     if hasattr(config, "quantization_config"):
