@@ -73,7 +73,7 @@ def main() -> int:
         print(f"\n== distillation mode {mode}: {table}")
     print(_stage_table(home))
     for mode, seconds in walls:
-        print(f"flow wall time, distillation mode {mode}: {seconds / 60:.1f} min (the second reuses the first's stages)")
+        print(f"flow wall time, distillation mode {mode}: {seconds / 60:.1f} min (a second mode reuses the first)")
     print(f"peak RSS of one process: {peak_gib:.1f} GiB")
     return 0
 
