@@ -97,15 +97,14 @@ def convert(source: str, path: Path, sha256: str, out: Path) -> None:
     """Dequantise the GGUF file at `path` into `out`: an fp32 safetensors model dir and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from transformers.utils import logging as hf_logging
+    from transformers import modeling_gguf_pytorch_utils as loader
 
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf_logging.disable_progress_bar()  # its per-tensor bar: the caller reports the step once
+    bar, loader.tqdm = loader.tqdm, lambda tensors, **_: tensors  # its per-tensor bar: the caller reports the step
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     finally:
-        hf_logging.enable_progress_bar()
+        loader.tqdm = bar
     # save_pretrained refuses a model loaded from GGUF: rebuild it as a plain model with the same weights.
     config = loaded.config
     if hasattr(config, "quantization_config"):
