@@ -29,12 +29,13 @@ def test_fast_dev_run_of_the_real_recipe(tmp_path):
     # the real model beats the tiny candidates, and the comparison says which model it is
     assert "select: smollm2-135m-instruct: lowest held-out response perplexity" in out.stdout
     assert "model: converting SmolLM2-135M-Instruct.Q4_1.gguf" in out.stdout
+    sha = file_digest(gguf_api.locate(SMOLLM2))
+    assert f"base model: smollm2-135m-instruct (GGUF {SMOLLM2}, sha256 {sha[:16]})" in out.stdout
     assert "experiment 'smollm2-135m-fast-dev-run'" in out.stdout
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smollm2-135m-fast-dev-run")
     runs = {r.data.tags.get("alignpipe.stage"): r for r in client.search_runs([experiment.experiment_id])}
-    sha = file_digest(gguf_api.locate(SMOLLM2))
     assert runs["select"].data.tags["alignpipe.input_model.selected.gguf_sha256"] == sha
     assert runs["sft"].data.tags["alignpipe.input_model.base.gguf_sha256"] == sha
     assert runs["sft"].data.tags["alignpipe.input_model.base.gguf_source"] == SMOLLM2

@@ -109,8 +109,8 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
         a, _, b = pair.partition("_vs_")
         if a in names and b in names:
             comparisons[f"{names[a]}_vs_{names[b]}"] = diffs
-    text = format_table(shown, intervals, comparisons)
     exp = mlflow.get_experiment_by_name(experiment)
+    text = format_table(shown, intervals, comparisons) + _base_model_line(exp.experiment_id)
     with mlflow.start_run(
         experiment_id=exp.experiment_id,
         run_name="compare",
@@ -134,6 +134,26 @@ def report(experiment: str, tracking_uri: str, parent_run_id: str | None = None)
             plot(shown, png, intervals)
             mlflow.log_artifact(str(png))
     return text
+
+
+def _base_model_line(experiment_id: str) -> str:
+    """`\nbase model: NAME (source)` from the newest finished select run, or "" without one."""
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        "tags.`alignpipe.stage` = 'select' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs or "alignpipe.selected" not in runs[0].data.tags:
+        return ""
+    tags = runs[0].data.tags
+    sha = tags.get("alignpipe.input_model.selected.gguf_sha256")
+    source = (
+        f"GGUF {tags['alignpipe.input_model.selected.gguf_source']}, sha256 {sha[:16]}"
+        if sha
+        else tags.get("alignpipe.selected_source", "?")
+    )
+    return f"\nbase model: {tags['alignpipe.selected']} ({source})"
 
 
 def format_table(
