@@ -24,14 +24,20 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
     """Train the `base` model on the configured SFT data, plus `generated` (a Self-Instruct JSONL).
 
     `name` labels the run and its result: `sft`, or `student_sft` (the distillation student's
-    SFT-only twin, trained on the same data)."""
+    SFT-only twin, trained on the same data, with the student's adapters, `distill.lora`, as its
+    distilled twin)."""
     if generated and not Path(generated).stat().st_size:
         print(f"{name}: {generated} has no generated rows; training on the configured data alone")
         generated = None
     extra = [DataSource(path=generated, format="alpaca", category="self_instruct")] if generated else []
     rows = data.training_rows(cfg, "sft", extra)
     template = cfg.sft.template
-    section = {"sft": dataclasses.asdict(cfg.sft), "base_model": base}
+    lora = cfg.distill.lora if name == "student_sft" else cfg.sft.lora
+    section = {
+        "sft": dataclasses.asdict(cfg.sft),
+        "lora": dataclasses.asdict(lora) if lora else None,
+        "base_model": base,
+    }
     if generated:
         section["generated_data"] = generated
     with tracking.open_stage(cfg, name, section, data_report=(rows.report, "train")) as stage:
@@ -40,7 +46,7 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
         )
         tracking.log_model_input(base, "base")
         metrics, model_dir = training.train_sft(
-            cfg, name, stage.out, base, rows.train, rows.validation, template, cfg.sft.trl, cfg.sft.lora
+            cfg, name, stage.out, base, rows.train, rows.validation, template, cfg.sft.trl, lora
         )
         return stage.finish(
             metrics,

@@ -243,7 +243,7 @@ class DistillSection:
     lmbda: float = 1.0  # logits: share of on-policy batches (1: DistillationTrainer; < 1: GKDTrainer)
     self_instruct: bool = True  # sequence: the teacher also answers the Self-Instruct prompts, when enabled
     max_new_tokens: int = 64  # longest answer the teacher writes (sequence) or the student samples (logits)
-    lora: LoraSection | None = None
+    lora: LoraSection | None = None  # the student's adapters, in student_sft and distill alike; None: full fine-tune
     sequence: dict[str, Any] = field(default_factory=dict)  # trl.SFTConfig fields over the `sft` section's
     logits: dict[str, Any] = field(default_factory=dict)  # trl.DistillationConfig (GKDConfig if lmbda < 1)
 

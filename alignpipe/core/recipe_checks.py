@@ -368,6 +368,13 @@ def _check_student_layers(cfg: PipelineConfig, spec: StudentSpec, bad) -> None:
     if spec.layers < 1 or (isinstance(total, int) and spec.layers >= total):
         upto = f"between 1 and {total - 1} ({spec.from_} has {total} decoder layers)" if total else ">= 1"
         bad("distill.student.layers", f"must be {upto}, got {spec.layers}")
+    adapted = cfg.distill.lora.layers_to_transform if cfg.distill.lora else None
+    if adapted and any(isinstance(i, int) and i >= spec.layers for i in adapted):
+        bad(
+            "distill.lora.layers_to_transform",
+            f"names layers up to {max(adapted)}, but the student keeps {spec.layers} (distill.student.layers): "
+            f"use indices below {spec.layers}",
+        )
 
 
 def _check_distill(cfg: PipelineConfig, bad) -> None:

@@ -165,7 +165,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "student_sft",
             "alignpipe.stages.sft:run_student_sft",
-            ("model", "sft", "data", "formats", "distributed", "seed"),
+            ("model", "sft", "distill", "data", "formats", "distributed", "seed"),  # distill.lora: the student's
             inputs=(Input("base", STUDENT), GENERATED),
             when=lambda cfg: cfg.distill.enabled,
             seeded=True,
