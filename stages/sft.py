@@ -24,15 +24,17 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
     """Train the `base` model on the configured SFT data, plus `generated` (a Self-Instruct JSONL).
 
     `name` labels the run and its result: `sft`, or `student_sft` (the distillation student's
-    SFT-only twin, trained on the same data, with the student's adapters, `distill.lora`, as its
-    distilled twin)."""
+    SFT-only twin, trained on the same data with the same settings as its distilled twin: the
+    student's adapters, `distill.lora`, and `distill.sequence` over the `sft` section's fields)."""
     if generated and not Path(generated).stat().st_size:
         print(f"{name}: {generated} has no generated rows; training on the configured data alone")
         generated = None
     extra = [DataSource(path=generated, format="alpaca", category="self_instruct")] if generated else []
     rows = data.training_rows(cfg, "sft", extra)
     template = cfg.sft.template
-    lora = cfg.distill.lora if name == "student_sft" else cfg.sft.lora
+    student = name == "student_sft"  # trained as its distilled twin is: distill.lora, distill.sequence over sft
+    lora = cfg.distill.lora if student else cfg.sft.lora
+    trl = {**cfg.sft.trl, **cfg.distill.sequence} if student else cfg.sft.trl
     section = {
         "sft": dataclasses.asdict(cfg.sft),
         "lora": dataclasses.asdict(lora) if lora else None,
@@ -46,7 +48,7 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
         )
         tracking.log_model_input(base, "base")
         metrics, model_dir = training.train_sft(
-            cfg, name, stage.out, base, rows.train, rows.validation, template, cfg.sft.trl, lora
+            cfg, name, stage.out, base, rows.train, rows.validation, template, trl, lora
         )
         return stage.finish(
             metrics,

@@ -244,7 +244,8 @@ class DistillSection:
     self_instruct: bool = True  # sequence: the teacher also answers the Self-Instruct prompts, when enabled
     max_new_tokens: int = 64  # longest answer the teacher writes (sequence) or the student samples (logits)
     lora: LoraSection | None = None  # the student's adapters, in student_sft and distill alike; None: full fine-tune
-    sequence: dict[str, Any] = field(default_factory=dict)  # trl.SFTConfig fields over the `sft` section's
+    # trl.SFTConfig fields over the `sft` section's, for the student: student_sft, and distill in sequence mode
+    sequence: dict[str, Any] = field(default_factory=dict)
     logits: dict[str, Any] = field(default_factory=dict)  # trl.DistillationConfig (GKDConfig if lmbda < 1)
 
     @property
