@@ -33,7 +33,6 @@ def test_fast_dev_run_of_the_real_recipe(tmp_path):
     assert "Traceback" not in out.stderr
     # the real model beats the tiny candidates, and the comparison says which model it is
     assert "select: smollm2-135m-instruct: lowest held-out response perplexity" in out.stdout
-    assert "model: converting SmolLM2-135M-Instruct.Q4_1.gguf" in out.stdout
     sha = file_digest(gguf_api.locate(SMOLLM2))
     assert f"base model: smollm2-135m-instruct (GGUF {SMOLLM2}, sha256 {sha[:16]})" in out.stdout
     assert "experiment 'smollm2-135m-fast-dev-run'" in out.stdout
