@@ -24,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "smollm2-135m.yaml"
-TRAINING = ("sft", "preference", "student_sft", "distill")
 
 
 def main() -> int:
@@ -79,21 +78,32 @@ def main() -> int:
 
 
 def _stage_table(home: Path) -> str:
-    """Wall time per stage run and, for training stages, tokens/s (the trainer's num_tokens / train_runtime)."""
+    """Wall time of each stage run of the newest flow run and, for training stages, tokens/s (the
+    trainer's num_tokens over its train_runtime; select, evaluate and compare train nothing)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smollm2-135m")
+    newest = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`alignpipe.stage` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{newest.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=500,
+    )
     lines = ["", "stage                 seed   wall s   train s   tokens/s"]
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=500)
     for run in runs:
-        stage = run.data.tags.get("alignpipe.stage", "?")
-        if stage == "pipeline" or run.info.end_time is None:
+        stage = run.data.tags.get("alignpipe.stage")
+        if stage is None or run.info.end_time is None:
             continue
         wall = (run.info.end_time - run.info.start_time) / 1000
-        m = run.data.metrics
-        train, tokens = m.get("train_runtime"), m.get("num_tokens")
-        rate = f"{tokens / train:8.1f}" if stage in TRAINING and train and tokens else "       -"
+        train, tokens = run.data.metrics.get("train_runtime"), run.data.metrics.get("num_tokens")
+        rate = f"{tokens / train:8.1f}" if train and tokens else "       -"
         train_s = f"{train:8.0f}" if train else "       -"
         lines.append(f"{stage:<20} {run.data.params.get('seed', '-'):>5}  {wall:7.0f}  {train_s}   {rate}")
     return "\n".join(lines)
