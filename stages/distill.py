@@ -60,7 +60,7 @@ def run_distill(
         answers = None
         if d.mode == "sequence":
             train, answers = teacher_answers(cfg, teacher, rows.train, template, stage.out)
-            trl = {**cfg.sft.trl, **d.sequence}
+            trl = cfg.student_sft_args
             metrics, model_dir = training.train_sft(
                 cfg, "distill", stage.out, start, train, rows.validation, template, trl, d.lora
             )

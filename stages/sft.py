@@ -34,7 +34,7 @@ def run_sft(cfg: PipelineConfig, base: str, generated: str | None = None, name: 
     template = cfg.sft.template
     student = name == "student_sft"  # trained as its distilled twin is: distill.lora, distill.sequence over sft
     lora = cfg.distill.lora if student else cfg.sft.lora
-    trl = {**cfg.sft.trl, **cfg.distill.sequence} if student else cfg.sft.trl
+    trl = cfg.student_sft_args if student else cfg.sft.trl
     section = {
         "sft": dataclasses.asdict(cfg.sft),
         "lora": dataclasses.asdict(lora) if lora else None,

@@ -64,6 +64,12 @@ class Candidate:
     name: str = ""
     path: str | None = None
     gguf_file: str | None = None  # a GGUF file inside the `path` dir
+
+    @property
+    def source(self) -> str | None:
+        """`path`, or the GGUF file `gguf_file` inside it."""
+        return str(Path(self.path) / self.gguf_file) if self.path and self.gguf_file else self.path
+
     tiny: TinySpec | None = None
     revision: str | None = None
 
@@ -336,6 +342,12 @@ class PipelineConfig:
     promote: PromoteSection = field(default_factory=PromoteSection)
     source: str = field(default="", metadata={"internal": True})  # the YAML file it came from
     overrides: list[str] = field(default_factory=list, metadata={"internal": True})  # its --set items
+
+    @property
+    def student_sft_args(self) -> dict[str, Any]:
+        """The distillation student's SFTConfig fields (student_sft, and distill in sequence mode):
+        `distill.sequence` over the `sft` section's."""
+        return {**self.sft.trl, **self.distill.sequence}
 
     # -- derived locations ---------------------------------------------------------------------
     @property

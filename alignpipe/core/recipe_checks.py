@@ -84,9 +84,11 @@ def check(cfg: PipelineConfig, problems: list[str], where: str) -> None:
             bad(f"{key}.name", f"repeats '{cand.name}': give each candidate its own name")
         names.add(cand.name)
         if cand.path:
-            source = str(Path(cand.path) / cand.gguf_file) if cand.gguf_file else cand.path
             _check_model(
-                f"{key}.path", source, bad, f"model directory {cand.path} does not exist (build it, or give a hub id)"
+                f"{key}.path",
+                cand.source,
+                bad,
+                f"model directory {cand.path} does not exist (build it, or give a hub id)",
             )
         if cand.tiny is not None:
             t = cand.tiny
@@ -414,7 +416,7 @@ def _check_distill(cfg: PipelineConfig, bad) -> None:
         if key in d.logits:
             bad(f"distill.logits.{key}", f"is set by distill.{ours}: set it there (one value for both trainers)")
     for block, kind, values in (
-        ("sequence", "sft", {**cfg.sft.trl, **d.sequence}),
+        ("sequence", "sft", cfg.student_sft_args),
         ("logits", d.trl_kind if d.mode == "logits" else "distill", d.logits),
     ):
         fields = trl_api.config_fields(kind)

@@ -55,7 +55,7 @@ def resolve(candidate: Candidate, cfg: PipelineConfig) -> str:
     the model dir converted from its GGUF file."""
     if candidate.tiny is not None:
         return str(build_tiny(candidate.tiny, cache_dir(cfg)))
-    path = str(Path(candidate.path) / candidate.gguf_file) if candidate.gguf_file else candidate.path
+    path = candidate.source
     if gguf_api.is_gguf(path):
         return str(from_gguf(path, cache_dir(cfg)))
     local = Path(path).expanduser()
@@ -197,7 +197,7 @@ def truncated(source: str, layers: int, model: ModelSection, cache: Path) -> Pat
         )
     local = Path(source)
     files = [*sorted(local.glob("*.safetensors")), local / "config.json"] if local.is_dir() else []
-    origin = [[f.name, file_digest(f)] for f in files] or source
+    origin = [[f.name, _sha256(str(f), *_stat(f))] for f in files] or source
     out = cache / f"student-{local.name}-{layers}of{total}-{_digest([STUDENT_VERSION, origin, layers, model.dtype])}"
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / f".{out.name}.lock", f"waiting for another process building {out.name}"):
